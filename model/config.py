@@ -103,6 +103,22 @@ class T5Config:
     eps: float = 1e-6
     text_len: int = 512  # tokenizer max length
 
+    @property
+    def head_dim(self) -> int:
+        return self.dim_attn // self.num_heads
+
+    @classmethod
+    def from_official(cls, cfg: dict[str, Any], **overrides: Any) -> T5Config:
+        """Build from the official `T5Encoder(vocab, dim, dim_attn, ...)` kwargs.
+
+        umT5 gives every layer its own relative-position table (`shared_pos=False`); the shared
+        variant (plain T5) has a different layout and is rejected.
+        """
+        if cfg.get("shared_pos", False):
+            raise ValueError("shared_pos=True (one position table for all layers) is not umT5")
+        fields = ("vocab", "dim", "dim_attn", "dim_ffn", "num_heads", "num_layers", "num_buckets")
+        return cls(**{name: cfg[name] for name in fields}, **overrides)
+
 
 @dataclass(frozen=True)
 class WanVAEConfig:
@@ -115,8 +131,37 @@ class WanVAEConfig:
     num_res_blocks: int = 2
     attn_scales: tuple[float, ...] = ()
     temporal_downsample: tuple[bool, ...] = (False, True, True)
+    patch_size: int = 2  # pixels are patchified 2x2 before the encoder: 3 RGB -> 12 channels
     latents_mean: tuple[float, ...] = WAN22_LATENTS_MEAN
     latents_std: tuple[float, ...] = WAN22_LATENTS_STD
+
+    @property
+    def in_channels(self) -> int:
+        return 3 * self.patch_size**2
+
+    @property
+    def temporal_compression(self) -> int:
+        """Pixel frames per latent frame after the first (causal): T = 1 + this * (F - 1)."""
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent cell along H and W: patchify, then one 2x step per stage but the last."""
+        return self.patch_size * 2 ** (len(self.dim_mult) - 1)
+
+    @classmethod
+    def from_official(cls, cfg: dict[str, Any], **overrides: Any) -> WanVAEConfig:
+        """Build from the official `WanVAE_(dim, dec_dim, z_dim, ...)` kwargs."""
+        return cls(
+            dim=cfg["dim"],
+            dec_dim=cfg["dec_dim"],
+            z_dim=cfg["z_dim"],
+            dim_mult=tuple(cfg["dim_mult"]),
+            num_res_blocks=cfg["num_res_blocks"],
+            attn_scales=tuple(cfg.get("attn_scales", ())),
+            temporal_downsample=tuple(cfg["temperal_downsample"]),  # sic, the official spelling
+            **overrides,
+        )
 
 
 @dataclass(frozen=True)
@@ -126,6 +171,15 @@ class AudioVAEConfig:
     data_dim: int = 80
     embed_dim: int = 20
     hidden_dim: int = 384
+    channel_multipliers: tuple[int, ...] = (1, 2, 4)
+    layers_per_block: int = 2  # encoder res blocks per level; the decoder has one more
+
+    @classmethod
+    def from_official(cls, cfg: dict[str, Any]) -> AudioVAEConfig:
+        """Build from the official `VAE(data_dim=..., embed_dim=..., hidden_dim=...)` kwargs."""
+        return cls(
+            data_dim=cfg["data_dim"], embed_dim=cfg["embed_dim"], hidden_dim=cfg["hidden_dim"]
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +193,25 @@ class VocoderConfig:
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     snake_logscale: bool = True
+
+    @classmethod
+    def from_official(cls, cfg: dict[str, Any]) -> VocoderConfig:
+        """Build from an official `bigvgan_vocoder.yml` dict (only AMP blocks + snake-beta exist)."""
+        resblock, activation = str(cfg.get("resblock", "1")), cfg.get("activation", "snakebeta")
+        if resblock != "1" or activation != "snakebeta":
+            raise ValueError(
+                f"unsupported BigVGAN variant: resblock={resblock!r}, activation={activation!r}"
+                " (only resblock '1' with snakebeta)"
+            )
+        return cls(
+            num_mels=cfg["num_mels"],
+            upsample_rates=tuple(cfg["upsample_rates"]),
+            upsample_kernel_sizes=tuple(cfg["upsample_kernel_sizes"]),
+            upsample_initial_channel=cfg["upsample_initial_channel"],
+            resblock_kernel_sizes=tuple(cfg["resblock_kernel_sizes"]),
+            resblock_dilation_sizes=tuple(tuple(d) for d in cfg["resblock_dilation_sizes"]),
+            snake_logscale=cfg.get("snake_logscale", True),
+        )
 
     @property
     def hop_length(self) -> int:

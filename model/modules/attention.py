@@ -1,0 +1,93 @@
+"""The single attention entry point of the model code.
+
+Every attention in `model/` calls `attention(q, k, v)`. Layout is the flash-attn one,
+`[B, L, heads, head_dim]` (what the DiT has right after splitting heads), the scale is
+1/sqrt(head_dim) and there is no mask: Ovi attends to every key (text rows included, see
+`modules/fusion.py`). The backend is picked once per (device, dtype) and never by the caller:
+
+- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_func`) when importable, on CUDA,
+  for bf16/fp16 and head_dim <= 256;
+- `sdpa-cuda`: torch SDPA with a preference list (cuDNN, flash, memory-efficient, math);
+  SDPA takes the first one that supports the inputs;
+- `sdpa`: plain torch SDPA (CPU, or any other device).
+
+`attention_backend(device, dtype)` says which one a call would use (for logs and benchmarks);
+`force_backend("sdpa")` pins plain SDPA for comparisons, `force_backend(None)` undoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["fa3", "sdpa-cuda", "sdpa"]
+
+try:  # FlashAttention-3 (Hopper); optional
+    from flash_attn_interface import flash_attn_func as _fa3_func
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa3_func = None
+
+# SDPA on CUDA: the first backend in this list that accepts the inputs runs.
+_CUDA_SDPA_PREFERENCE = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+_forced: Backend | None = None
+_logged: set[tuple[str, torch.dtype, Backend]] = set()
+
+
+def force_backend(name: Backend | None) -> None:
+    """Pin a backend (`"sdpa"`/`"sdpa-cuda"`/`"fa3"`) for every call, or `None` to auto-pick."""
+    global _forced
+    if name not in (None, "fa3", "sdpa-cuda", "sdpa"):
+        raise ValueError(f"unknown attention backend {name!r}")
+    if name == "fa3" and _fa3_func is None:
+        raise ValueError("attention backend 'fa3' requested but flash_attn_interface is missing")
+    _forced = name
+
+
+def attention_backend(
+    device: torch.device | str, dtype: torch.dtype, head_dim: int = 128
+) -> Backend:
+    """The backend `attention` uses for tensors of this device and dtype."""
+    device = torch.device(device)
+    if _forced is not None:
+        return _forced
+    if device.type != "cuda":
+        return "sdpa"
+    if _fa3_func is not None and dtype in (torch.bfloat16, torch.float16) and head_dim <= 256:
+        return "fa3"
+    return "sdpa-cuda"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v, no mask.
+
+    q: [B, Lq, H, D], k/v: [B, Lk, H, D] (same dtype) -> [B, Lq, H, D] in q's dtype.
+    """
+    backend = attention_backend(q.device, q.dtype, q.shape[-1])
+    key = (q.device.type, q.dtype, backend)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("attention backend: %s (%s, %s)", backend, q.device.type, q.dtype)
+
+    if backend == "fa3":
+        out = _fa3_func(q, k, v, softmax_scale=q.shape[-1] ** -0.5, causal=False)
+        return out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the LSE
+
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, L, D] for SDPA
+    if backend == "sdpa-cuda":
+        with sdpa_kernel(_CUDA_SDPA_PREFERENCE, set_priority=True):
+            out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2)  # [B, Lq, H, D]

@@ -1,0 +1,577 @@
+"""Ovi's twin-tower fusion DiT: a Wan2.2 video tower and a Wan audio tower, fused per block.
+
+Written from the documented behaviour of the official model (`shared/reference/README.md`,
+"fusion/"), in the order of Wan2.2's `wan/modules/model.py`: helpers (timestep features, RoPE),
+norms, self-attention, cross-attention with fusion, block, head, tower, and last the public
+`FusionModel`. Module names equal the official checkpoint keys (`video_model.blocks.N.self_attn.q`,
+`...cross_attn.k_fusion`, `head.modulation`, ...), so the released files load strictly as they are.
+
+Shape legend
+    B          batch
+    C, F, H, W video latent channels (48), latent frames, rows, columns
+    Lv         video tokens = F * (H/2) * (W/2), ordered (frame, row, column)
+    La, Ca     audio latent steps (one token each) and channels (20)
+    Lt, Dt     text rows (zero-padded to text_len) and text width
+    D, N, d    tower width, heads, head_dim = D / N
+    U          distinct timesteps per sample: 1, or 2 with a clean first frame (0 and t)
+
+    video latents [B, C, F, H, W]   tokens [B, Lv, D]   audio latents [B, La, Ca]   text [B, Lt, Dt]
+
+Precision (fp32 islands, as Wan keeps them). Linear/conv/attention run in the weight dtype (bf16
+on GPU); these always run in float32, whatever the weight dtype:
+    - the residual streams x (video and audio) and every residual add;
+    - `LayerNorm` (norm1/norm2/norm3, the head norm, pre_attn_norm_fusion) and `RMSNorm`;
+    - modulation tables (block `modulation.modulation` + e0, head modulation + e), the
+      shift/scale it applies and the gates;
+    - timestep features (float64 sinusoid) and the time MLPs (time_embedding, time_projection);
+    - RoPE: angles in float64, rotation in float32.
+
+The model has no buffers. RoPE angles and timestep features are computed in each forward from
+the latent grid and the timesteps (once per forward, shared by all blocks; cheap next to one
+block), so a model built on the meta device and loaded with `assign=True` is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import FusionConfig, TowerConfig
+from .attention import attention
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [L, d/2] float32
+
+ROPE_THETA = 10000.0
+ROPE_TABLE_LEN = 1024  # rows of the official precomputed tables (max position per axis)
+FUSION_NORM_EPS = 1e-6  # pre_attn_norm_fusion / norm_k_fusion use this, not the config eps
+AUDIO_EMBED_KERNEL = 7  # audio patch embedding: Conv1d + gated ConvMLP, kernel 7, pad 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Helpers: timestep features and RoPE
+# ---------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Timestep features, float64: t [...] -> [..., dim] = [cos(t w_k), sin(t w_k)], w_k = 10000^(-k/half)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64)[..., None] * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Complex pairs per axis (frame, row, column): d/2 - 2*(d//6), d//6, d//6 (22/21/21 at d=128)."""
+    third = head_dim // 6
+    return head_dim // 2 - 2 * third, third, third
+
+
+def rope_inv_freqs(pairs: int, device: torch.device | None = None) -> torch.Tensor:
+    """10000^(-2k / (2*pairs)) for k < pairs, float64 [pairs]."""
+    exps = torch.arange(0, 2 * pairs, 2, dtype=torch.float64, device=device) / (2 * pairs)
+    return 1.0 / torch.pow(ROPE_THETA, exps)
+
+
+def _axis_angles(
+    n: int, pairs: int, scale: float, device: torch.device | None = None
+) -> torch.Tensor:
+    positions = torch.arange(n, dtype=torch.float64, device=device)
+    return torch.outer(positions, scale * rope_inv_freqs(pairs, device))  # [n, pairs]
+
+
+def rope_angles(
+    grid: tuple[int, ...], head_dim: int, scale: float = 1.0, device: torch.device | None = None
+) -> torch.Tensor:
+    """Rotation angle of every (token, pair), float64 [L, d/2].
+
+    Video, grid (F, H', W'): pairs split (frame, row, column) per `rope_split`, each with its own
+    frequencies, tokens in (f, h, w) order. Audio, grid (L,): only the frame-part pairs rotate,
+    by token index with frequencies scaled by `scale`; the other pairs get angle 0 (unrotated).
+    """
+    pf, ph, pw = rope_split(head_dim)
+    if len(grid) == 3:
+        f, h, w = grid
+        af = _axis_angles(f, pf, 1.0, device)[:, None, None].expand(f, h, w, pf)
+        ah = _axis_angles(h, ph, 1.0, device)[None, :, None].expand(f, h, w, ph)
+        aw = _axis_angles(w, pw, 1.0, device)[None, None, :].expand(f, h, w, pw)
+        return torch.cat([af, ah, aw], dim=-1).reshape(f * h * w, head_dim // 2)
+    if len(grid) == 1:
+        rotated = _axis_angles(grid[0], pf, scale, device)  # [L, pf]
+        return F.pad(rotated, (0, head_dim // 2 - pf))
+    raise ValueError(f"RoPE grid must be (F, H, W) or (L,), got {grid}")
+
+
+def rope_table(config: TowerConfig, length: int = ROPE_TABLE_LEN) -> torch.Tensor:
+    """The official precomputed table as (cos, sin), float64: video [length, d/2, 2], audio
+    [length, n_rot, 2] (only the rotated pairs). Used by conformance; forward uses `rope_angles`."""
+    pf, ph, pw = rope_split(config.head_dim)
+    if config.modality == "video":
+        angles = torch.cat([_axis_angles(length, p, 1.0) for p in (pf, ph, pw)], dim=1)
+    else:
+        angles = _axis_angles(length, pf, config.rope_scale)
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def rope_apply(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) as complex numbers. x: [B, L, N, d] -> same shape/dtype."""
+    cos, sin = (r[None, :, None, :] for r in rope)  # [1, L, 1, d/2]
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, L, N, d/2] each
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # [B, L, N, d/2, 2]
+    return out.flatten(-2).to(x.dtype)
+
+
+def _fp32_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a Linear/activation Sequential in float32 whatever its weight dtype (time MLPs)."""
+    x = x.float()
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight.float(), layer.bias.float())
+        else:
+            x = layer(x)
+    return x
+
+
+def _per_token(m: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Rows per distinct timestep [B, U, ...] -> per token [B, L, ...] (U == 1: broadcast view)."""
+    return m if index is None else m[:, index]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Norms (fp32 islands)
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight, over the last dim; computed in fp32, returns x.dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (out * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and returning fp32 (callers cast to the compute dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Attention
+# ---------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        # q/k are normalised over the full width, before the heads are split
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))  # [B, L, D] -> [B, L, N, d]
+
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """x: [B, L, D] (compute dtype), rope: (cos, sin) [L, d/2] -> [B, L, D]."""
+        q = rope_apply(self._heads(self.norm_q(self.q(x))), rope)  # [B, L, N, d]
+        k = rope_apply(self._heads(self.norm_k(self.k(x))), rope)
+        v = self._heads(self.v(x))
+        return self.o(attention(q, k, v).flatten(2))
+
+
+class FusionCrossAttention(SelfAttention):
+    """Text cross-attention plus attention to the other tower's stream (the fusion keys).
+
+    q = norm_q(q(x)) attends (1) to the text, unrotated, with all text_len keys, and (2) rotated
+    with the source positions, to k2 = norm_k_fusion(k_fusion(y')), v2 = v_fusion(y'), where
+    y' = pre_attn_norm_fusion(y) is the other tower's residual stream and k2 is rotated with the
+    other tower's positions. Output: o(x1 + x2).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qk_norm: bool, eps: float, target_dim: int
+    ) -> None:
+        super().__init__(dim, num_heads, qk_norm, eps)
+        self.k_fusion = nn.Linear(target_dim, dim)
+        self.v_fusion = nn.Linear(target_dim, dim)
+        self.pre_attn_norm_fusion = LayerNorm(target_dim, eps=FUSION_NORM_EPS)
+        self.norm_k_fusion = RMSNorm(dim, FUSION_NORM_EPS)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        target: torch.Tensor,
+        rope: Rope,
+        target_rope: Rope,
+    ) -> torch.Tensor:
+        """x: [B, L, D] (compute dtype); context: [B, Lt, D] embedded text; target: [B, Lo, Do]
+        fp32 stream of the other tower; rope [L, d/2], target_rope [Lo, d/2] -> [B, L, D]."""
+        q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, d]
+        # 1. text: no RoPE, no mask (zero-padded rows are attended too)
+        k = self._heads(self.norm_k(self.k(context)))  # [B, Lt, N, d]
+        v = self._heads(self.v(context))
+        x_text = attention(q, k, v)  # [B, L, N, d]
+        # 2. the other modality: same q, rotated with our positions; keys with theirs
+        y = self.pre_attn_norm_fusion(target).to(x.dtype)  # [B, Lo, Do]
+        k2 = rope_apply(self._heads(self.norm_k_fusion(self.k_fusion(y))), target_rope)
+        v2 = self._heads(self.v_fusion(y))  # [B, Lo, N, d]
+        x_fused = attention(rope_apply(q, rope), k2, v2)  # [B, L, N, d]
+        return self.o((x_text + x_fused).flatten(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Block and head
+# ---------------------------------------------------------------------------------------------
+
+
+class Modulation(nn.Module):
+    """Holds the block's adaLN table as `modulation.modulation` [1, 6, D] (the official key)."""
+
+    def __init__(self, dim: int, n: int) -> None:
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, n, dim) / dim**0.5)
+
+
+class FusionBlock(nn.Module):
+    """One Wan block of one tower. `FusionModel.forward` interleaves the two towers' block i:
+    audio `self_attention`, video `self_attention`, audio `cross_attention_ffn` (target: video
+    after its self-attention), video `cross_attention_ffn` (target: audio after ITS
+    self-attention, before its cross-attention)."""
+
+    def __init__(self, config: TowerConfig, target_dim: int) -> None:
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        # 1. self-attention
+        self.norm1 = LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, config.num_heads, config.qk_norm, eps)
+        # 2. cross-attention to the text and to the other tower
+        self.norm3 = (
+            LayerNorm(dim, eps=eps, elementwise_affine=True)
+            if config.cross_attn_norm
+            else nn.Identity()
+        )
+        self.cross_attn = FusionCrossAttention(
+            dim, config.num_heads, config.qk_norm, eps, target_dim
+        )
+        # 3. feed-forward
+        self.norm2 = LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.ffn_dim, dim),
+        )
+        # 4. adaLN table: shift/scale/gate for attention, then for the FFN
+        self.modulation = Modulation(dim, 6)
+
+    def modulate(self, e0: torch.Tensor) -> list[torch.Tensor]:
+        """e0: [B, U, 6, D] fp32 -> six [B, U, D] fp32 chunks m0..m5."""
+        return list((self.modulation.modulation.float() + e0).unbind(2))
+
+    def self_attention(
+        self, x: torch.Tensor, m: list[torch.Tensor], index: torch.Tensor | None, rope: Rope
+    ) -> torch.Tensor:
+        """Step 1/2. x: [B, L, D] fp32 -> x + SA(LN(x)(1+m1)+m0) * m2, fp32."""
+        dtype = self.ffn[0].weight.dtype
+        shift, scale, gate = (_per_token(c, index) for c in m[0:3])
+        h = self.norm1(x) * (1 + scale) + shift  # fp32
+        return x + self.self_attn(h.to(dtype), rope).float() * gate
+
+    def cross_attention_ffn(
+        self,
+        x: torch.Tensor,
+        m: list[torch.Tensor],
+        index: torch.Tensor | None,
+        context: torch.Tensor,
+        target: torch.Tensor,
+        rope: Rope,
+        target_rope: Rope,
+    ) -> torch.Tensor:
+        """Step 3/4. x: [B, L, D] fp32, target: [B, Lo, Do] fp32 -> [B, L, D] fp32."""
+        dtype = self.ffn[0].weight.dtype
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context, target, rope, target_rope).float()
+        shift, scale, gate = (_per_token(c, index) for c in m[3:6])
+        h = self.norm2(x) * (1 + scale) + shift  # fp32
+        return x + self.ffn(h.to(dtype)).float() * gate
+
+
+class Head(nn.Module):
+    """out = head(LN(x) * (1 + scale) + shift), modulated by e (not e0) + `modulation` [1, 2, D]."""
+
+    def __init__(self, dim: int, out_features: int, eps: float) -> None:
+        super().__init__()
+        self.norm = LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_features)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, L, D] fp32, e: [B, U, D] fp32 -> [B, L, out_features] fp32."""
+        shift, scale = (self.modulation.float() + e[:, :, None]).unbind(2)  # [B, U, D] each
+        h = self.norm(x) * (1 + _per_token(scale, index)) + _per_token(shift, index)
+        return self.head(h.to(self.head.weight.dtype)).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Tower
+# ---------------------------------------------------------------------------------------------
+
+
+def audio_mlp_hidden(dim: int, multiple_of: int = 256) -> int:
+    """Hidden width of the audio ConvMLP: int(2 * 4 * dim / 3) rounded up to `multiple_of`."""
+    return multiple_of * math.ceil(int(2 * 4 * dim / 3) / multiple_of)
+
+
+class ConvMLP(nn.Module):
+    """Gated conv MLP over time: w2(silu(w1 x) * w3 x), bias-free Conv1d, kernel 7, pad 3."""
+
+    def __init__(self, dim: int, hidden: int, kernel: int = AUDIO_EMBED_KERNEL) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.w1 = nn.Conv1d(dim, hidden, kernel, padding=pad, bias=False)
+        self.w2 = nn.Conv1d(hidden, dim, kernel, padding=pad, bias=False)
+        self.w3 = nn.Conv1d(dim, hidden, kernel, padding=pad, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, D, L] -> [B, D, L]."""
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TowerInputs(NamedTuple):
+    """What one tower's embedding stage hands to the blocks and the head."""
+
+    x: torch.Tensor  # [B, L, D] fp32 tokens
+    e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep
+    e0: torch.Tensor  # [B, U, 6, D] fp32 time projection per distinct timestep
+    index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U == 1
+    context: torch.Tensor  # [B, text_len, D] embedded (zero-padded) text, compute dtype
+    rope: Rope  # (cos, sin) [L, d/2] fp32
+    grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
+
+
+class WanTower(nn.Module):
+    """One Wan DiT tower (video `ti2v` or audio `t2a`): embeddings, blocks, head."""
+
+    def __init__(self, config: TowerConfig, target_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        # 1. token embedding
+        if config.modality == "video":
+            self.patch_embedding: nn.Module = nn.Conv3d(
+                config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
+            )
+        else:
+            if tuple(config.patch_size) != (1,):
+                raise ValueError(f"audio tower needs patch_size (1,), got {config.patch_size}")
+            self.patch_embedding = nn.Sequential(
+                nn.Conv1d(config.in_dim, dim, AUDIO_EMBED_KERNEL, padding=AUDIO_EMBED_KERNEL // 2),
+                nn.SiLU(),
+                ConvMLP(dim, audio_mlp_hidden(dim)),
+            )
+        # 2. text and time embeddings
+        self.text_embedding = nn.Sequential(
+            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        # 3. blocks
+        self.blocks = nn.ModuleList(
+            FusionBlock(config, target_dim) for _ in range(config.num_layers)
+        )
+        # 4. output head
+        self.head = Head(dim, config.out_dim * math.prod(config.patch_size), config.eps)
+
+    def embed(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        first_frame_is_clean: bool = False,
+    ) -> TowerInputs:
+        """latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B]; context: [B, Lt, Dt]."""
+        cfg = self.config
+        dtype = self.text_embedding[0].weight.dtype
+        # 1. tokens
+        if cfg.modality == "video":
+            x = self.patch_embedding(latents.to(dtype))  # [B, D, F, H', W']
+            grid = tuple(x.shape[2:])
+            x = x.flatten(2).transpose(1, 2)  # [B, Lv, D], (f, h, w) order
+        else:
+            x = self.patch_embedding(latents.to(dtype).transpose(1, 2))  # [B, D, La]
+            grid = (x.shape[2],)
+            x = x.transpose(1, 2)  # [B, La, D]
+        x = x.float()
+        num_tokens = x.shape[1]
+
+        # 2. time: features per distinct timestep, gathered per token through `index`
+        if first_frame_is_clean:  # frame 0 (the first H'*W' tokens) is clean: t = 0
+            rows = torch.stack([torch.zeros_like(t), t], dim=1)  # [B, 2]
+            frame0 = grid[1] * grid[2]
+            index = (torch.arange(num_tokens, device=x.device) >= frame0).long()  # [Lv]
+        else:
+            rows, index = t[:, None], None  # [B, 1]
+        e = _fp32_mlp(self.time_embedding, sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D]
+        e0 = _fp32_mlp(self.time_projection, e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D]
+
+        # 3. text: zero-pad to text_len, embed every row (no mask downstream)
+        pad = cfg.text_len - context.shape[1]
+        context = self.text_embedding(F.pad(context.to(dtype), (0, 0, 0, pad)))  # [B, text_len, D]
+
+        # 4. RoPE for this grid
+        angles = rope_angles(grid, cfg.head_dim, cfg.rope_scale, x.device)  # [L, d/2] float64
+        rope = (torch.cos(angles).float(), torch.sin(angles).float())
+        return TowerInputs(x, e, e0, index, context, rope, grid)
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """Head output [B, L, prod(patch) * C] -> video [B, C, F, H, W] / audio [B, La, C]."""
+        if self.config.modality == "audio":
+            return out
+        pt, ph, pw = self.config.patch_size
+        u = out.unflatten(1, grid).unflatten(-1, (pt, ph, pw, -1))  # [B, F, H', W', pt, ph, pw, C]
+        u = torch.einsum("bfhwpqrc->bcfphqwr", u)  # [B, C, F, pt, H', ph, W', pw]
+        return u.reshape(
+            u.shape[0], u.shape[1], *(g * p for g, p in zip(grid, (pt, ph, pw), strict=True))
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The fusion model
+# ---------------------------------------------------------------------------------------------
+
+
+def _skipped(i: int, slg_layer: int | bool | None) -> bool:
+    """Skip-layer guidance: block i of both towers is skipped when slg_layer = i > 0."""
+    return slg_layer is not None and int(slg_layer) > 0 and i == int(slg_layer)
+
+
+class FusionModel(nn.Module):
+    """Ovi fusion DiT: `video_model` (Wan2.2 ti2v) and `audio_model` (t2a) with cross-modal
+    attention in every block. Predicts the flow for both latents.
+
+    Build on the meta device and load with `model/convert/fusion.py:load_fusion` (strict, assign);
+    the model has no buffers to materialise (see the module docstring).
+    """
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        video, audio = config.video, config.audio
+        if video.modality != "video" or audio.modality != "audio":
+            raise ValueError("FusionConfig needs a video tower and an audio tower")
+        if video.num_layers != audio.num_layers:
+            raise ValueError(f"towers differ in depth: {video.num_layers} vs {audio.num_layers}")
+        if video.head_dim != audio.head_dim or video.dim % video.num_heads:
+            raise ValueError("towers must share one head_dim (fusion RoPE rotates across them)")
+        self.config = config
+        self.video_model = WanTower(video, target_dim=audio.dim)
+        self.audio_model = WanTower(audio, target_dim=video.dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.video_model.text_embedding[0].weight.dtype
+
+    def _check_inputs(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        t: torch.Tensor,
+        video_context: torch.Tensor,
+        audio_context: torch.Tensor,
+    ) -> None:
+        vc, ac = self.config.video, self.config.audio
+        b = video.shape[0]
+        if video.ndim != 5 or video.shape[1] != vc.in_dim:
+            raise ValueError(f"video must be [B, {vc.in_dim}, F, H, W], got {list(video.shape)}")
+        if any(s % p for s, p in zip(video.shape[2:], vc.patch_size, strict=True)):
+            raise ValueError(f"video grid {list(video.shape[2:])} not divisible by {vc.patch_size}")
+        if audio.ndim != 3 or audio.shape[0] != b or audio.shape[2] != ac.in_dim:
+            raise ValueError(f"audio must be [{b}, La, {ac.in_dim}], got {list(audio.shape)}")
+        if t.numel() not in (1, b):
+            raise ValueError(f"t must hold 1 or {b} timesteps, got {t.numel()}")
+        for name, ctx, cfg in (("video", video_context, vc), ("audio", audio_context, ac)):
+            if ctx.ndim != 3 or ctx.shape[0] != b or ctx.shape[2] != cfg.text_dim:
+                raise ValueError(
+                    f"{name}_context must be [{b}, Lt, {cfg.text_dim}], got {list(ctx.shape)}"
+                )
+            if ctx.shape[1] > cfg.text_len:
+                raise ValueError(
+                    f"{name}_context has {ctx.shape[1]} rows, more than text_len {cfg.text_len}"
+                )
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        t: torch.Tensor,
+        video_context: torch.Tensor,
+        audio_context: torch.Tensor,
+        first_frame_is_clean: bool = False,
+        slg_layer: int | bool | None = None,
+        taps: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow predictions for both latents.
+
+        video: [B, C, F, H, W]; audio: [B, La, Ca]; t: [B] or [1] (int or float timesteps);
+        video_context: [B, Ltv, Dt], audio_context: [B, Lta, Dt], Lt <= text_len (zero-padded
+        here; a batch of different prompt lengths may be zero-padded by the caller, same result).
+        first_frame_is_clean: the video tower uses t = 0 for latent frame 0 (i2v).
+        slg_layer: i > 0 skips block i of both towers; None/False/0 (or < 0) skips nothing.
+        taps: if a dict is given, it is filled with intermediates (embeddings, block outputs).
+        Returns (video [B, C, F, H, W], audio [B, La, Ca]), float32.
+        """
+        # 0. inputs
+        self._check_inputs(video, audio, t, video_context, audio_context)
+        t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
+
+        # 1. embeddings of both towers
+        vid = self.video_model.embed(video, t, video_context, first_frame_is_clean)
+        aud = self.audio_model.embed(audio, t, audio_context)
+        if taps is not None:
+            for name, inp in (("video", vid), ("audio", aud)):
+                n = inp.x.shape[1]
+                taps[f"{name}_tokens_embedded"] = inp.x
+                taps[f"{name}_time_emb"] = _per_token(inp.e, inp.index).expand(-1, n, -1)
+                taps[f"{name}_time_proj"] = _per_token(inp.e0, inp.index).expand(-1, n, -1, -1)
+                taps[f"{name}_context_emb"] = inp.context
+
+        # 2. fusion blocks (both residual streams stay fp32)
+        v, a = vid.x, aud.x
+        blocks = zip(self.video_model.blocks, self.audio_model.blocks, strict=True)
+        for i, (video_block, audio_block) in enumerate(blocks):
+            if _skipped(i, slg_layer):
+                continue
+            mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+            a = audio_block.self_attention(a, ma, aud.index, aud.rope)  # step 1
+            v = video_block.self_attention(v, mv, vid.index, vid.rope)  # step 2
+            a_next = audio_block.cross_attention_ffn(  # step 3: target = video after step 2
+                a, ma, aud.index, aud.context, v, aud.rope, vid.rope
+            )
+            v = video_block.cross_attention_ffn(  # step 4: target = audio after step 1
+                v, mv, vid.index, vid.context, a, vid.rope, aud.rope
+            )
+            a = a_next
+            if taps is not None:
+                taps[f"block{i}.video_out"], taps[f"block{i}.audio_out"] = v, a
+
+        # 3. heads
+        video_out = self.video_model.head(v, vid.e, vid.index)  # [B, Lv, prod(patch) * C]
+        audio_out = self.audio_model.head(a, aud.e, aud.index)  # [B, La, Ca]
+        return self.video_model.unpatchify(video_out, vid.grid), audio_out
