@@ -35,10 +35,10 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 weights: install
-	$(VENV)/bin/ovi weights --variant $(VARIANT) --dir $(WEIGHTS_DIR)
+	$(VENV)/bin/ovi weights --variant $(VARIANT) --dir $(WEIGHTS_DIR) $(if $(FP8),--fp8)
 
 serve: weights
-	$(VENV)/bin/ovi serve --variant $(VARIANT) --weights-dir $(WEIGHTS_DIR)
+	$(VENV)/bin/ovi serve --variant $(VARIANT) --weights-dir $(WEIGHTS_DIR) $(if $(FP8),--fp8)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -73,7 +73,12 @@ def _tiny_config() -> OviConfig:
         fusion=FusionConfig(
             video=TowerConfig(modality="video", **tower),
             audio=TowerConfig(
-                modality="audio", in_dim=20, out_dim=20, patch_size=(1,), rope_scale=0.19676, **tower
+                modality="audio",
+                in_dim=20,
+                out_dim=20,
+                patch_size=(1,),
+                rope_scale=0.19676,
+                **tower,
             ),
         ),
         t5=T5Config(

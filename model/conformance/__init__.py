@@ -62,7 +62,11 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def compare(name: str, out: torch.Tensor, ref: torch.Tensor, threshold: float = THRESHOLD) -> Check:
     err = rel_l2(out, ref)
-    detail = "" if tuple(out.shape) == tuple(ref.shape) else f"shape {list(out.shape)} != {list(ref.shape)}"
+    detail = (
+        ""
+        if tuple(out.shape) == tuple(ref.shape)
+        else f"shape {list(out.shape)} != {list(ref.shape)}"
+    )
     return Check(name, err < threshold, err, detail)
 
 

@@ -1,0 +1,188 @@
+"""Output sizes and the i2v conditioning image: decode, size rules, pixel preprocessing.
+
+Sizes are (H, W) in pixels, always multiples of 32 (the VAE's 16x downsampling times the
+DiT's 2x2 patches). Two rules, both matched row by row against `tables/resolution.json`:
+
+- t2v, `snap_hw_to_multiple_of_32`: scale (h, w) by sqrt(area / (h * w)), round to integers,
+  then round each side to the nearest multiple of 32 (minimum 32).
+- i2v, `image_target_size`: with h' = h * k and w' = w * k (k = sqrt(area / (h * w))), the
+  candidates are (1) both sides rounded independently to multiples of 32, (2) each multiple
+  of 32 near h' paired with the multiple of 32 nearest to it times the image's aspect ratio,
+  and (3) the same with the roles of the sides swapped. The winner has the smallest
+  |H * W - area|; ties go to the smaller aspect error |log((W / H) / (w / h))|.
+
+Rounding is Python's `round` (half to even) throughout; it decides exact halves such as
+720 / 32 = 22.5 (1920x1080 at 960*960 gives 704x1280).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MULTIPLE = 32  # every output side is a multiple of this
+AREA_TOLERANCE = 0.10  # the engine warns when a t2v request is further than this from the area
+MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard: refuse to decode larger images
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
+_NEIGHBOURS = 2  # i2v: multiples of 32 tried on each side of the rounded h' and w'
+
+
+class ImageLoadError(ValueError):
+    """The image bytes cannot be used: empty, unreadable, corrupt, unsupported or too large."""
+
+
+# -- sizes -----------------------------------------------------------------------------------
+
+
+def _check_positive(**sides: int | float) -> None:
+    for name, value in sides.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _round_to_multiple(x: float) -> int:
+    return max(MULTIPLE, round(x / MULTIPLE) * MULTIPLE)
+
+
+def snap_hw_to_multiple_of_32(h: int, w: int, area: int) -> tuple[int, int]:
+    """t2v: the requested (h, w) rescaled to about `area` pixels, sides multiples of 32."""
+    _check_positive(h=h, w=w, area=area)
+    scale = math.sqrt(area / (h * w))
+    return _round_to_multiple(round(h * scale)), _round_to_multiple(round(w * scale))
+
+
+def area_mismatch(h: int, w: int, area: int) -> bool:
+    """True when the requested h * w is more than 10% away from the variant's area."""
+    _check_positive(h=h, w=w, area=area)
+    return abs(h * w - area) / area > AREA_TOLERANCE
+
+
+def image_target_size(image_w: int, image_h: int, area: int) -> tuple[int, int]:
+    """i2v: the (H, W) an image of image_w x image_h is resized to for a target `area`."""
+    _check_positive(image_w=image_w, image_h=image_h, area=area)
+    scale = math.sqrt(area / (image_w * image_h))
+    h_units, w_units = image_h * scale / MULTIPLE, image_w * scale / MULTIPLE  # h', w' / 32
+    aspect = image_w / image_h  # W / H, for the tie-break
+
+    def units(x: float) -> int:
+        return max(1, round(x))
+
+    candidates = {(units(h_units), units(w_units))}  # (1) both sides rounded on their own
+    for n in range(units(h_units) - _NEIGHBOURS, units(h_units) + _NEIGHBOURS + 1):
+        if n >= 1:
+            candidates.add(
+                (n, units(n * image_w / image_h))
+            )  # (2) height first, width from the aspect
+    for n in range(units(w_units) - _NEIGHBOURS, units(w_units) + _NEIGHBOURS + 1):
+        if n >= 1:
+            candidates.add(
+                (units(n * image_h / image_w), n)
+            )  # (3) width first, height from the aspect
+
+    def score(hw: tuple[int, int]) -> tuple[int, float, tuple[int, int]]:
+        h, w = hw[0] * MULTIPLE, hw[1] * MULTIPLE
+        return abs(h * w - area), abs(math.log((w / h) / aspect)), hw  # hw: a total order
+
+    best_h, best_w = min(candidates, key=score)
+    return best_h * MULTIPLE, best_w * MULTIPLE
+
+
+# -- image decoding ----------------------------------------------------------------------------
+
+
+def _open(data: bytes | str | Path) -> Image.Image:
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageLoadError(
+                f"cannot read image file {str(path)!r}: {e.strerror or e}"
+            ) from None
+    elif isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    elif not isinstance(data, bytes):
+        raise TypeError(f"image data must be bytes or a path, got {type(data).__name__}")
+    if not data:
+        raise ImageLoadError("image data is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"not a PNG, JPEG, WebP or GIF image ({len(data)} bytes starting {data[:8]!r})"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"image too large to decode: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"corrupt image header: {e}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`: transparency flattened onto white, 16-bit gray scaled to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit gray PNG
+        gray = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(data: bytes | str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a PNG, JPEG, WebP or GIF (its first frame) into an upright RGB image.
+
+    `data` is the encoded file (bytes) or a path to it. EXIF orientation is applied and
+    transparency is flattened onto white. Raises `ImageLoadError` naming the problem for empty,
+    unreadable, corrupt, unsupported or oversized (> `max_pixels`) images.
+    """
+    image = _open(data)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the "
+            f"{max_pixels:,}-pixel limit"
+        )
+    fmt = image.format or "image"
+    try:
+        image.seek(0)  # animated GIF / WebP: the first frame
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"corrupt or truncated {fmt} data: {e}") from None
+    return to_rgb(upright)
+
+
+# -- pixels ------------------------------------------------------------------------------------
+
+
+def preprocess_image(image: Image.Image, area: int) -> torch.Tensor:
+    """The i2v first frame as the VAE expects it: [1, 3, H, W] float32 in about [-1, 1].
+
+    x / 255 * 2 - 1, then torch bicubic resize (align_corners=False, no antialias) to
+    `image_target_size`. Bicubic overshoots slightly beyond [-1, 1]; like Ovi, no clamp.
+    """
+    rgb = to_rgb(image)
+    height, width = image_target_size(rgb.width, rgb.height, area)
+    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # [h, w, 3]
+    x = pixels.permute(2, 0, 1)[None].to(torch.float32) / 255.0 * 2 - 1  # [1, 3, h, w]
+    return F.interpolate(
+        x, size=(height, width), mode="bicubic", align_corners=False, antialias=False
+    )

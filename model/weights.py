@@ -1,0 +1,99 @@
+"""The weight-file manifest (`weights/manifest.json`): what each variant needs and where it lives.
+
+`resolve_files` maps a variant to local paths and fails with the exact file and the command that
+fetches it; `download` fetches just the files a variant needs from the Hugging Face hub
+(huggingface_hub resumes partial downloads and skips finished ones).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .loading import WeightFileMissingError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_PATH = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
+DEFAULT_WEIGHTS_DIR = MANIFEST_PATH.parent
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    key: str  # manifest key, e.g. "t5"
+    repo: str  # Hugging Face repo id
+    path: str  # path inside the repo (a folder when `folder`)
+    local: str  # path under the weights dir
+    folder: bool = False
+    inner_key: str | None = None  # nested state dict inside a pickle (BigVGAN: "generator")
+    approx_bytes: int | None = None
+
+
+@cache
+def load_manifest() -> dict:
+    return json.loads(MANIFEST_PATH.read_text())
+
+
+def variant_files(variant: str, fp8: bool = False) -> list[WeightFile]:
+    """The files `variant` needs; `fp8` swaps in the float8 fusion file where one exists."""
+    manifest = load_manifest()
+    if variant not in manifest["variants"]:
+        known = ", ".join(manifest["variants"])
+        raise ValueError(f"variant {variant!r} has no weight files; choose one of {known}")
+    keys = list(manifest["variants"][variant])
+    if fp8:
+        fp8_key = f"{keys[0]}_fp8"
+        if fp8_key not in manifest["files"]:
+            raise ValueError(f"no float8 fusion file is published for variant {variant!r}")
+        keys[0] = fp8_key
+    return [WeightFile(key=k, **manifest["files"][k]) for k in keys]
+
+
+def fetch_command(variant: str, weights_dir: Path, fp8: bool = False) -> str:
+    return f"make weights VARIANT={variant} WEIGHTS_DIR={weights_dir}" + (" FP8=1" if fp8 else "")
+
+
+def resolve_files(weights_dir: str | Path, variant: str, fp8: bool = False) -> dict[str, Path]:
+    """Local path of every file `variant` needs, keyed by role; raise if one is missing."""
+    weights_dir = Path(weights_dir)
+    paths: dict[str, Path] = {}
+    for spec in variant_files(variant, fp8):
+        path = weights_dir / spec.local
+        present = path.is_dir() and any(path.iterdir()) if spec.folder else path.is_file()
+        if not present:
+            hint = f"fetch it with `{fetch_command(variant, weights_dir, fp8)}`"
+            raise WeightFileMissingError(path, hint)
+        role = "fusion" if spec.key.startswith("fusion_") else spec.key
+        paths[role] = path
+    return paths
+
+
+def inner_key(role: str) -> str | None:
+    spec = load_manifest()["files"].get(role, {})
+    return spec.get("inner_key")
+
+
+def download(variant: str, weights_dir: str | Path, fp8: bool = False) -> dict[str, Path]:
+    """Download the files of `variant` that are not complete yet; return their local paths."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    weights_dir = Path(weights_dir)
+    for spec in variant_files(variant, fp8):
+        target = weights_dir / spec.local
+        # huggingface_hub writes into a side cache and renames when complete, so a file under
+        # its final name is whole; a folder is re-synced (cheap) to pick up any missing file.
+        if not spec.folder and target.is_file():
+            logger.info("present: %s", target)
+            continue
+        # local_dir = <weights_dir>/<repo folder>, so the file lands at <weights_dir>/<local>.
+        repo_dir = weights_dir / spec.local[: len(spec.local) - len(spec.path)].rstrip("/")
+        if spec.folder:
+            logger.info("fetching %s/%s/* -> %s", spec.repo, spec.path, repo_dir)
+            snapshot_download(spec.repo, allow_patterns=[f"{spec.path}/*"], local_dir=repo_dir)
+        else:
+            logger.info("fetching %s/%s -> %s", spec.repo, spec.path, repo_dir)
+            hf_hub_download(spec.repo, spec.path, local_dir=repo_dir)
+    return resolve_files(weights_dir, variant, fp8)

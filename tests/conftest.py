@@ -1,0 +1,25 @@
+"""Shared test setup: offline hub, reference fixtures, one tiny pipeline per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach the hub
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    from model.pipeline import OviPipeline
+
+    return OviPipeline.from_preset("tiny")

@@ -1,0 +1,89 @@
+"""OviPipeline on the tiny preset: shapes, seeds, i2v, progress, cancellation, input checks."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.pipeline import GenerationCancelled, OviPipeline
+
+
+def test_t2v_makes_121_frames_and_5s_of_audio(tiny_pipeline: OviPipeline):
+    out = tiny_pipeline("A dog runs on the beach. Audio: waves.", steps=2, seed=1)
+    assert out.video.dtype == np.uint8 and out.video.shape == (121, out.height, out.width, 3)
+    assert (out.height, out.width) == (64, 64)
+    assert out.audio.dtype == np.float32 and out.audio.shape == (157 * 2 * 256,)
+    assert np.abs(out.audio).max() <= 1.0
+    assert out.seed == 1 and out.fps == 24 and out.sample_rate == 16000
+
+
+def test_same_seed_same_latents_different_seed_different(tiny_pipeline: OviPipeline):
+    v1, a1 = tiny_pipeline.prepare_latents(7, 64, 64)
+    v2, a2 = tiny_pipeline.prepare_latents(7, 64, 64)
+    v3, _ = tiny_pipeline.prepare_latents(8, 64, 64)
+    assert torch.equal(v1, v2) and torch.equal(a1, a2)
+    assert not torch.equal(v1, v3)
+    first = tiny_pipeline("waves", steps=2, seed=3)
+    again = tiny_pipeline("waves", steps=2, seed=3)
+    other = tiny_pipeline("waves", steps=2, seed=4)
+    np.testing.assert_array_equal(first.video, again.video)
+    np.testing.assert_array_equal(first.audio, again.audio)
+    assert not np.array_equal(first.audio, other.audio)
+
+
+def test_random_seed_is_reported(tiny_pipeline: OviPipeline):
+    out = tiny_pipeline("rain", steps=1)
+    assert isinstance(out.seed, int) and 0 <= out.seed < 2**31
+
+
+def test_i2v_size_follows_the_image_aspect(tiny_pipeline: OviPipeline):
+    image = Image.new("RGB", (200, 100), (200, 30, 30))
+    out = tiny_pipeline("a red wall", image, steps=2, seed=0)
+    assert out.width > out.height  # landscape image -> landscape clip at the tiny area
+    assert out.video.shape[0] == 121
+
+
+def test_progress_callback_and_cancellation(tiny_pipeline: OviPipeline):
+    seen = []
+    tiny_pipeline("birds", steps=3, seed=0, callback=seen.append)
+    assert [s.step for s in seen] == [1, 2, 3] and all(s.total == 3 for s in seen)
+    assert seen[-1].elapsed >= seen[0].elapsed >= 0
+    calls = []
+    with pytest.raises(GenerationCancelled):
+        tiny_pipeline(
+            "birds", steps=3, seed=0, callback=calls.append, should_cancel=lambda: len(calls) >= 1
+        )
+    assert len(calls) == 1  # stopped between steps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps"),
+        (dict(solver="ddim"), "solver"),
+        (dict(shift=0.0), "shift"),
+        (dict(slg_layer=99), "slg_layer"),
+        (dict(height=8), "height"),
+    ],
+)
+def test_bad_values_raise_value_error(tiny_pipeline: OviPipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline("x", **kwargs)
+
+
+def test_empty_prompt_is_refused(tiny_pipeline: OviPipeline):
+    with pytest.raises(ValueError, match="prompt"):
+        tiny_pipeline("   ")
+
+
+def test_prompt_is_formatted_for_the_variant(tiny_pipeline: OviPipeline, caplog):
+    out = tiny_pipeline("A cat. <AUDCAP>meow<ENDAUDCAP>", steps=1, seed=0)
+    assert out.prompt == "A cat. Audio: meow"  # tiny uses the Ovi 1.1 caption style
+    assert "rewritten" in caplog.text
+
+
+def test_real_variant_without_files_names_the_file_and_the_command(tmp_path):
+    from model.loading import WeightFileMissingError
+
+    with pytest.raises(WeightFileMissingError, match="make weights VARIANT=720x720_5s"):
+        OviPipeline.from_pretrained(tmp_path, "720x720_5s")
