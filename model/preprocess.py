@@ -21,11 +21,13 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the API process validates images without it
+    import torch
 
 MULTIPLE = 32  # every output side is a multiple of this
 AREA_TOLERANCE = 0.10  # the engine warns when a t2v request is further than this from the area
@@ -179,6 +181,9 @@ def preprocess_image(image: Image.Image, area: int) -> torch.Tensor:
     x / 255 * 2 - 1, then torch bicubic resize (align_corners=False, no antialias) to
     `image_target_size`. Bicubic overshoots slightly beyond [-1, 1]; like Ovi, no clamp.
     """
+    import torch
+    import torch.nn.functional as F
+
     rgb = to_rgb(image)
     height, width = image_target_size(rgb.width, rgb.height, area)
     pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # [h, w, 3]
