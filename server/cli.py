@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("ovi")
@@ -331,23 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="only list the files")
     p.set_defaults(func=cmd_weights)
 
-    for module, hook in (
-        ("server.serve_cli", "add_serve_commands"),
-        ("server.tls", "add_tls_commands"),
-    ):
-        add: Callable | None = _optional_hook(module, hook)
-        if add is not None:
-            add(sub)
+    from server.serve_cli import add_serve_commands
+    from server.tls import add_tls_commands
+
+    add_serve_commands(sub)
+    add_tls_commands(sub)
     return parser
-
-
-def _optional_hook(module: str, name: str) -> Callable | None:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

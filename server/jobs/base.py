@@ -1,0 +1,249 @@
+"""The job store: the queue, the request records and the worker registry behind one interface.
+
+Routes only write and read the store; workers (in child processes here, on other machines later)
+claim from it. Everything a route or a worker needs goes through `JobStore`, so a Redis store
+can replace `SqliteJobStore` without touching either. Methods are synchronous: the worker calls
+them from its loop, and async routes call them through a thread (`anyio.to_thread`).
+
+Lifecycle of a job (the three states fal's clients understand):
+
+    IN_QUEUE --claim--> IN_PROGRESS --complete--> COMPLETED
+        |                   |  \\--release (shutdown)--> IN_QUEUE (same place, no attempt used)
+        |                   \\--worker died--> IN_QUEUE once more, then COMPLETED with an error
+        \\--cancel / start deadline passed--> COMPLETED with an error
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+Priority = Literal["normal", "low"]
+PRIORITIES: tuple[str, ...] = ("normal", "low")  # claim order
+WorkerState = Literal["warming", "ready", "failed", "stopping"]
+
+
+class JobStatus(str, Enum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job ended without a result, replayed as the result URL's non-2xx answer.
+
+    `detail` is the body's `detail`: a string for request errors (fal's `{detail, error_type}`)
+    or a list of `{loc, msg, type}` for input errors found late (422).
+    """
+
+    message: str
+    error_type: str
+    status_code: int = 500
+    detail: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "error_type": self.error_type,
+            "status_code": self.status_code,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobError:
+        return cls(
+            message=data["message"],
+            error_type=data["error_type"],
+            status_code=int(data.get("status_code", 500)),
+            detail=data.get("detail"),
+        )
+
+    @property
+    def body_detail(self) -> Any:
+        return self.message if self.detail is None else self.detail
+
+
+# The errors the store itself decides (the worker decides the rest, see server/worker.py).
+CANCELLED = JobError("Request was cancelled", "client_cancelled", 499)
+START_TIMEOUT = JobError("Request timed out before it started", "request_timeout", 504)
+WORKER_LOST = JobError(
+    "The worker running this request stopped unexpectedly, also on the retry",
+    "runner_disconnected",
+    503,
+)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a route submits."""
+
+    app: str  # endpoint id, e.g. "fal-ai/ovi/image-to-video"
+    input: dict[str, Any]  # the validated request body (model_dump)
+    base_url: str = ""  # absolute base for URLs in webhooks (routes rebuild theirs per request)
+    priority: Priority = "normal"
+    start_timeout_s: float | None = None  # X-Fal-Request-Timeout
+    webhook_url: str | None = None
+    attachments: dict[str, bytes] = field(default_factory=dict)  # e.g. {"image": b"..."}
+    request_id: str | None = None  # None: the store makes one
+    user_id: str = "local"  # who submitted it (an API key's id), for webhook signatures
+
+
+@dataclass
+class Job:
+    id: str
+    app: str
+    input: dict[str, Any]
+    status: JobStatus
+    priority: Priority
+    created_at: float
+    base_url: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    start_deadline: float | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    worker_id: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    gateway_request_id: str | None = None
+    user_id: str = "local"
+
+    @property
+    def done(self) -> bool:
+        return self.status is JobStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    message: str
+    level: str = "INFO"
+    source: str = "USER"
+    timestamp: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "message": self.message,
+            "level": self.level,
+            "source": self.source,
+            "timestamp": self.timestamp,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    state: WorkerState
+    heartbeat_at: float
+    host: str = ""
+    pid: int = 0
+    job_id: str | None = None
+    detail: str = ""
+    started_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "host": self.host,
+            "pid": self.pid,
+            "job_id": self.job_id,
+            "detail": self.detail,
+            "heartbeat_at": iso_timestamp(self.heartbeat_at),
+        }
+
+
+def iso_timestamp(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
+
+
+class JobStore(Protocol):
+    """The queue and request records. Implementations must be safe across processes."""
+
+    # --- routes ---
+    def submit(self, job: NewJob, *, max_queue_size: int | None = None) -> Job:
+        """Store a new IN_QUEUE job; `QueueFullError` when `max_queue_size` are waiting."""
+        ...
+
+    def get(self, request_id: str) -> Job:
+        """The job, with a passed start deadline applied; `RequestNotFoundError` if unknown."""
+        ...
+
+    def queue_position(self, request_id: str) -> int | None:
+        """Exact 0-based position among waiting jobs in claim order; None if not waiting."""
+        ...
+
+    def logs(self, request_id: str, *, since: int = 0) -> list[LogEntry]:
+        """Log lines from index `since` on."""
+        ...
+
+    def cancel(self, request_id: str) -> Job:
+        """Cancel: a waiting job completes as cancelled now, a running one gets the flag its
+        worker checks between steps. `AlreadyCompletedError` after completion."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state: {"IN_QUEUE": n, "IN_PROGRESS": m}."""
+        ...
+
+    def take_webhooks(self, limit: int = 100) -> list[Job]:
+        """Completed jobs whose webhook is due, each handed out once."""
+        ...
+
+    # --- workers ---
+    def claim(self, worker_id: str) -> Job | None:
+        """Atomically take the next waiting job (normal before low, oldest first)."""
+        ...
+
+    def attachment(self, request_id: str, name: str) -> bytes | None: ...
+
+    def append_log(
+        self, request_id: str, message: str, *, level: str = "INFO", source: str = "USER"
+    ) -> None: ...
+
+    def is_cancel_requested(self, request_id: str) -> bool: ...
+
+    def complete(
+        self,
+        request_id: str,
+        worker_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: JobError | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the end of a job this worker holds; False if it no longer holds it."""
+        ...
+
+    def release(self, request_id: str, worker_id: str) -> bool:
+        """Put a job back in its queue place without using an attempt (clean shutdown)."""
+        ...
+
+    def heartbeat(self, info: WorkerInfo) -> None: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    def remove_worker(self, worker_id: str) -> None: ...
+
+    # --- maintenance ---
+    def recover(self, worker_ids: list[str], *, max_attempts: int) -> list[str]:
+        """Jobs held by these dead workers: re-queued while attempts remain, else failed."""
+        ...
+
+    def stale_workers(self, older_than_s: float) -> list[str]:
+        """Workers whose last heartbeat is older than this."""
+        ...
+
+    def expire_overdue(self) -> int:
+        """Complete waiting jobs whose start deadline passed; returns how many."""
+        ...
+
+    def sweep(self, older_than_s: float) -> int:
+        """Delete jobs that completed longer ago than this; returns how many."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource: queue, sync, files, health, storage."""

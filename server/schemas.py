@@ -1,0 +1,392 @@
+"""fal's wire format for the two Ovi endpoints: inputs, outputs, queue status, and their OpenAPI.
+
+Field names, order, defaults, ranges and descriptions are fal's (`fal-ai/ovi`,
+`fal-ai/ovi/image-to-video`). Unknown input fields are ignored, as fal does; invalid ones give
+FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. The default negative prompts repeat
+`model.presets` on purpose: importing `model` would load torch into the API process (a test
+checks the two agree).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+T2V_APP = "fal-ai/ovi"
+I2V_APP = "fal-ai/ovi/image-to-video"
+APPS: tuple[str, ...] = (T2V_APP, I2V_APP)
+QUEUE_APP = "fal-ai/ovi"  # fal's clients look every request up under owner/alias, sub-path dropped
+
+DEFAULT_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
+DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
+
+RESOLUTIONS: tuple[str, ...] = (
+    "512x992",
+    "992x512",
+    "960x512",
+    "512x960",
+    "720x720",
+    "448x1120",
+    "1120x448",
+)
+Resolution = Literal["512x992", "992x512", "960x512", "512x960", "720x720", "448x1120", "1120x448"]
+
+EXAMPLE_PROMPT = (
+    "An intimate close-up of a European woman with long dark hair as she gently brushes her hair"
+    " in a softly lit bedroom, her delicate hand moving in the foreground. She looks directly into"
+    " the camera with calm, focused eyes, a faint serene smile glowing in the warm lamp light. She"
+    " says, <S>[soft whisper] I am an artificial intelligence.<E>.<AUDCAP>Soft whispering female"
+    ' voice, ASMR tone with gentle breaths, cozy room acoustics, subtle emphasis on "I am an'
+    ' artificial intelligence".<ENDAUDCAP>'
+)
+EXAMPLE_IMAGE_URL = "https://storage.googleapis.com/falserverless/example_inputs/ovi_i2v_input.png"
+
+Seed = Annotated[
+    int | None,
+    WithJsonSchema(
+        {
+            "type": "integer",
+            "title": "Seed",
+            "description": "Random seed for reproducibility. If None, a random seed is chosen.",
+        }
+    ),
+]
+
+
+MAX_SEED = 2**63 - 1
+
+
+class _InputChecks(BaseModel):
+    """Checks fal's schema does not spell out but the model needs: a 422 now beats a failed
+    job later. They leave the JSON schema exactly fal's."""
+
+    @field_validator("prompt", check_fields=False)
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @field_validator("seed", check_fields=False)
+    @classmethod
+    def _seed_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}")
+        return value
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+class OviInput(_InputChecks):
+    """Input of `fal-ai/ovi` (text-to-video)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "x-fal-order-properties": [
+                "prompt",
+                "negative_prompt",
+                "num_inference_steps",
+                "audio_negative_prompt",
+                "seed",
+                "resolution",
+            ]
+        },
+    )
+
+    prompt: str = Field(
+        ..., description="The text prompt to guide video generation.", examples=[EXAMPLE_PROMPT]
+    )
+    negative_prompt: str = Field(
+        DEFAULT_NEGATIVE_PROMPT, description="Negative prompt for video generation."
+    )
+    num_inference_steps: int = Field(30, ge=1, le=50, description="The number of inference steps.")
+    audio_negative_prompt: str = Field(
+        DEFAULT_AUDIO_NEGATIVE_PROMPT, description="Negative prompt for audio generation."
+    )
+    seed: Seed = None
+    resolution: Resolution = Field(
+        "992x512",
+        description="Resolution of the generated video in W:H format. One of (512x992, 992x512,"
+        " 960x512, 512x960, 720x720, 448x1120 or 1120x448).",
+    )
+
+
+class OviImageToVideoInput(_InputChecks):
+    """Input of `fal-ai/ovi/image-to-video`."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "x-fal-order-properties": [
+                "prompt",
+                "negative_prompt",
+                "num_inference_steps",
+                "audio_negative_prompt",
+                "seed",
+                "image_url",
+            ]
+        },
+    )
+
+    prompt: str = Field(
+        ..., description="The text prompt to guide video generation.", examples=[EXAMPLE_PROMPT]
+    )
+    negative_prompt: str = Field(
+        DEFAULT_NEGATIVE_PROMPT, description="Negative prompt for video generation."
+    )
+    num_inference_steps: int = Field(30, ge=1, le=50, description="The number of inference steps.")
+    audio_negative_prompt: str = Field(
+        DEFAULT_AUDIO_NEGATIVE_PROMPT, description="Negative prompt for audio generation."
+    )
+    seed: Seed = None
+    image_url: str = Field(
+        ...,
+        description="The image URL to guide video generation.",
+        examples=[EXAMPLE_IMAGE_URL],
+    )
+
+
+INPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviInput, I2V_APP: OviImageToVideoInput}
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+class File(BaseModel):
+    """A generated file, downloadable from `url`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-fal-order-properties": ["url", "content_type", "file_name", "file_size"]
+        }
+    )
+
+    url: str = Field(..., description="The URL where the file can be downloaded from.")
+    content_type: str | None = Field(
+        None, description="The mime type of the file.", examples=["video/mp4"]
+    )
+    file_name: str | None = Field(
+        None, description="The name of the file. It will be auto-generated if not provided."
+    )
+    file_size: int | None = Field(None, description="The size of the file in bytes.")
+
+
+class OviOutput(BaseModel):
+    """Output of both endpoints."""
+
+    model_config = ConfigDict(json_schema_extra={"x-fal-order-properties": ["video", "seed"]})
+
+    video: File = Field(..., description="The generated video file.")
+    seed: int = Field(..., description="The seed used for generation.")
+
+
+class OviImageToVideoOutput(OviOutput):
+    """Output of `fal-ai/ovi/image-to-video` (same fields)."""
+
+
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviOutput, I2V_APP: OviImageToVideoOutput}
+
+
+# --- queue --------------------------------------------------------------------------------------
+
+QueueState = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+
+
+class LogEntry(BaseModel):
+    message: str
+    level: str = Field(..., examples=["INFO"])
+    source: str = Field(..., examples=["USER"])
+    timestamp: str = Field(..., description="ISO 8601, UTC.")
+
+
+class QueueStatus(BaseModel):
+    """What submit and status answer. Only these three states exist: failures and
+    cancellations are COMPLETED with `error` and `error_type`."""
+
+    status: QueueState
+    request_id: str = Field(..., description="The request id.")
+    response_url: str | None = Field(None, description="The response url.")
+    status_url: str | None = Field(None, description="The status url.")
+    cancel_url: str | None = Field(None, description="The cancel url.")
+    logs: list[LogEntry] | None = Field(None, description="Per-step progress; only with `logs=1`.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="`inference_time` (seconds) once completed."
+    )
+    queue_position: int | None = Field(None, description="0-based position while IN_QUEUE.")
+    error: str | None = Field(None, description="Why a COMPLETED request failed.")
+    error_type: str | None = Field(None, description="Machine-readable error category.")
+    gateway_request_id: str | None = Field(
+        None, description="Echoed in webhook deliveries (submit with `fal_webhook`)."
+    )
+
+
+class CancelResponse(BaseModel):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
+
+
+class RequestError(BaseModel):
+    """fal's request-error body; the same `error_type` is in header `X-Fal-Error-Type`."""
+
+    detail: str
+    error_type: str
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationErrorItem]
+
+
+class HealthStatus(BaseModel):
+    status: Literal["warming", "ready"]
+    model: str = Field(..., description="Variant or preset the workers load.")
+    workers: list[dict[str, Any]] = Field(default_factory=list)
+    queue: dict[str, int] = Field(default_factory=dict)
+
+
+# --- fal's per-endpoint queue OpenAPI -----------------------------------------------------------
+
+
+def _schema_name(model: type[BaseModel], endpoint_id: str) -> str:
+    stem = "OviImageToVideo" if endpoint_id == I2V_APP else "Ovi"
+    if issubclass(model, OviOutput):
+        return f"{stem}Output"
+    return f"{stem}Input"
+
+
+def queue_openapi(endpoint_id: str, server_url: str) -> dict[str, Any]:
+    """The queue OpenAPI document fal publishes per endpoint (`openapi` 3.0.4)."""
+    if endpoint_id not in INPUT_MODELS:
+        raise KeyError(endpoint_id)
+    input_model, output_model = INPUT_MODELS[endpoint_id], OUTPUT_MODELS[endpoint_id]
+    input_name = _schema_name(input_model, endpoint_id)
+    output_name = _schema_name(output_model, endpoint_id)
+    ref = "#/components/schemas/{model}"
+
+    schemas: dict[str, Any] = {}
+
+    def add(model: type[BaseModel], name: str) -> None:
+        schema = model.model_json_schema(ref_template=ref, mode="validation")
+        for def_name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(def_name, definition)
+        schema["title"] = name
+        schemas[name] = schema
+
+    queue_status = QueueStatus.model_json_schema(ref_template=ref)
+    for def_name, definition in queue_status.pop("$defs", {}).items():
+        schemas.setdefault(def_name, definition)
+    queue_status["required"] = ["status", "request_id"]
+    schemas["QueueStatus"] = queue_status
+    add(input_model, input_name)
+    add(output_model, output_name)
+
+    def ref_to(name: str) -> dict[str, str]:
+        return {"$ref": ref.format(model=name)}
+
+    def json_response(name: str, description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": ref_to(name)}},
+        }
+
+    request_id_param = {
+        "name": "request_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "Request ID",
+    }
+    owner, alias = QUEUE_APP.split("/")
+    by_id = f"/{owner}/{alias}/requests/{{request_id}}"
+    paths: dict[str, Any] = {
+        f"{by_id}/status": {
+            "get": {
+                "parameters": [
+                    request_id_param,
+                    {
+                        "name": "logs",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number"},
+                        "description": "Whether to include logs (`1`) in the response or not (`0`).",
+                    },
+                ],
+                "responses": {
+                    "200": json_response("QueueStatus", "The request status."),
+                    "202": json_response("QueueStatus", "The request is queued or running."),
+                },
+            }
+        },
+        f"{by_id}/cancel": {
+            "put": {
+                "parameters": [request_id_param],
+                "responses": {
+                    "202": {
+                        "description": "The request was cancelled.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {
+                                            "type": "string",
+                                            "enum": ["CANCELLATION_REQUESTED"],
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {"description": "The request already completed."},
+                },
+            }
+        },
+        f"/{endpoint_id}": {
+            "post": {
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref_to(input_name)}},
+                },
+                "responses": {"200": json_response("QueueStatus", "The request status.")},
+            }
+        },
+        by_id: {
+            "get": {
+                "parameters": [request_id_param],
+                "responses": {"200": json_response(output_name, "Result of the request.")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.0.4",
+        "info": {
+            "title": "Queue OpenAPI for " + endpoint_id,
+            "version": "1.0.0",
+            "description": "The OpenAPI schema for the " + endpoint_id + " queue.",
+            "x-fal-metadata": {
+                "endpointId": endpoint_id,
+                "category": "image-to-video" if endpoint_id == I2V_APP else "text-to-video",
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "apiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": 'Fal Key: "Key <key>"',
+                }
+            },
+            "schemas": schemas,
+        },
+        "paths": paths,
+        "servers": [{"url": server_url}],
+        "security": [{"apiKeyAuth": []}],
+    }

@@ -1,0 +1,268 @@
+"""Deployment settings: one `ServerSettings`, read from flags, `OVI_*` variables and a TOML file.
+
+Precedence, highest first: values passed in code (the CLI's flags), environment variables
+(`OVI_PORT=8443`), a config file (`--config FILE` or `OVI_CONFIG=FILE`; TOML, keys are the field
+names: `port = 8443`), then the defaults below. List fields take JSON or a comma-separated string
+from the environment: `OVI_API_KEYS=key1,key2`.
+
+Nothing is read at import: build with `load_settings(...)` or the cached `get_settings()`.
+Per-request knobs live in `server/schemas.py` and model variants in `model/presets.py`; this file
+only says how the process is deployed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+CONFIG_ENV_VAR = "OVI_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("ovi_config_file", default=None)
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML config file named by `load_settings(config_file=...)` or `OVI_CONFIG`."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _config_file.get()
+        if path is None and os.environ.get(CONFIG_ENV_VAR):
+            path = Path(os.environ[CONFIG_ENV_VAR])
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as f:
+                self._data = tomllib.load(f)
+            # A [server] table or top-level keys: both read the same.
+            self._data = {**self._data.pop("server", {}), **self._data}
+            unknown = set(self._data) - set(settings_cls.model_fields)
+            if unknown:
+                raise ValueError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ServerSettings(BaseSettings):
+    """How one `ovi serve` process is deployed. Field names are the TOML keys; env adds `OVI_`."""
+
+    model_config = SettingsConfigDict(env_prefix="OVI_", extra="ignore", validate_default=True)
+
+    # --- model (read by the worker only) ---
+    variant: str = Field("720x720_5s", description="Model variant from model/presets.py.")
+    preset: str | None = Field(
+        None, description="A preset with built-in random weights (`tiny`) instead of `variant`."
+    )
+    weights_dir: Path = Field(Path("weights"), description="Where `ovi weights` put the files.")
+    device: str | None = Field(
+        None, description="torch device (`cuda`, `cuda:1`, `cpu`); None: auto."
+    )
+    cpu_offload: bool = Field(False, description="Keep idle sub-models on the CPU.")
+    fp8: bool = Field(False, description="Load the float8 fusion file (computed in bf16).")
+
+    # --- network ---
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535)
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve https.")
+    tls_key: Path | None = Field(None, description="PEM private key for `tls_cert`.")
+    public_base_url: str | None = Field(
+        None, description="Base of the absolute URLs we hand out, e.g. https://ovi.example.com."
+    )
+    trusted_proxies: StrList = Field(
+        default_factory=list,
+        description="IPs/CIDRs whose X-Forwarded-Proto/Host are honoured (e.g. 127.0.0.1).",
+    )
+    cors_origins: StrList = Field(default_factory=lambda: ["*"])
+
+    # --- auth ---
+    api_keys: StrList = Field(
+        default_factory=list, description="Accepted `Authorization: Key <key>` values."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Allow binding a non-loopback host with no API keys configured."
+    )
+
+    # --- data ---
+    data_dir: Path = Field(Path("data"), description="Job database, inputs and outputs.")
+    output_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Outputs, uploads and finished jobs live this long."
+    )
+
+    # --- queue and workers ---
+    workers: int = Field(
+        1, ge=0, description="Worker processes (one per GPU); 0 = API only, workers run elsewhere."
+    )
+    max_queue_size: int = Field(1000, ge=1, description="Queued requests before 429.")
+    max_attempts: int = Field(
+        2, ge=1, description="Runs per request when its worker dies (2 = re-queued once)."
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    worker_stale_after_s: float = Field(
+        30.0, gt=0, description="A worker silent this long is dead; its request is re-queued."
+    )
+    poll_interval_s: float = Field(
+        0.1, gt=0, description="How often waiting routes and idle workers look at the store."
+    )
+    sse_ping_interval_s: float = Field(15.0, gt=0, description="`: ping` period on SSE streams.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On shutdown, how long a running job may take to stop."
+    )
+    log_level: str = Field("info")
+
+    # --- inputs, storage, webhooks, TLS ---
+    # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)
+    url_allowlist: StrList = Field(
+        default_factory=list,
+        description="Hosts, IPs or CIDRs that image_url fetches and webhooks may reach although"
+        " they are loopback/private/link-local/metadata (e.g. 127.0.0.1, 10.0.0.0/8, minio.lan).",
+    )
+    fetch_max_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest image_url download.")
+    fetch_connect_timeout_s: float = Field(5.0, gt=0)
+    fetch_read_timeout_s: float = Field(20.0, gt=0, description="Longest silence while reading.")
+    fetch_total_timeout_s: float = Field(60.0, gt=0, description="Whole image_url download.")
+    fetch_max_redirects: int = Field(5, ge=0)
+    upload_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest file upload.")
+    upload_url_ttl_s: float = Field(
+        3600.0, gt=0, description="Lifetime of pre-signed upload URLs and upload tokens."
+    )
+    webhook_max_attempts: int = Field(10, ge=1, description="Deliveries tried per webhook.")
+    webhook_initial_delay_s: float = Field(
+        15.0, gt=0, description="Wait before the first retry; doubles per retry (10 tries ~ 2 h)."
+    )
+    webhook_max_delay_s: float = Field(3600.0, gt=0, description="Cap on one retry wait.")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Per-delivery HTTP timeout.")
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    # --- end inputs, storage, webhooks, TLS ---
+
+    @field_validator("trusted_proxies", "cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+
+    # --- derived paths ---
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def model_name(self) -> str:
+        return self.preset or self.variant
+
+    def is_loopback_host(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def check_bind_policy(self) -> None:
+        """Refuse an open, key-less server: no keys means loopback only unless told otherwise."""
+        if not self.api_keys and not self.allow_unauthenticated and not self.is_loopback_host():
+            raise ValueError(
+                f"refusing to serve {self.host} without API keys: set OVI_API_KEYS (or --api-key),"
+                " bind a loopback address, or pass --allow-unauthenticated"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from `overrides` > `OVI_*` env > `config_file` (or `OVI_CONFIG`) > defaults.
+
+    `None` overrides are dropped, so CLI flags that were not given do not mask the environment.
+    """
+    token = _config_file.set(Path(config_file) if config_file else None)
+    try:
+        return ServerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
+
+
+@lru_cache
+def get_settings() -> ServerSettings:
+    """The process-wide settings from the environment (and `OVI_CONFIG`); cached."""
+    return load_settings()

@@ -1,0 +1,95 @@
+"""server/schemas.py: fal's field order, defaults and ranges; unknown fields ignored."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from server.schemas import (
+    RESOLUTIONS,
+    OviImageToVideoInput,
+    OviInput,
+    OviOutput,
+    QueueStatus,
+    queue_openapi,
+)
+
+
+def test_field_order_and_defaults() -> None:
+    assert list(OviImageToVideoInput.model_fields) == [
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "audio_negative_prompt",
+        "seed",
+        "image_url",
+    ]
+    assert list(OviInput.model_fields)[-1] == "resolution"
+    t2v = OviInput(prompt="x")
+    assert t2v.negative_prompt == "jitter, bad hands, blur, distortion"
+    assert t2v.audio_negative_prompt == "robotic, muffled, echo, distorted"
+    assert t2v.num_inference_steps == 30 and t2v.seed is None and t2v.resolution == "992x512"
+    assert RESOLUTIONS == (
+        "512x992",
+        "992x512",
+        "960x512",
+        "512x960",
+        "720x720",
+        "448x1120",
+        "1120x448",
+    )
+
+
+def test_defaults_match_the_model_presets() -> None:
+    from model.presets import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
+
+    assert OviInput.model_fields["negative_prompt"].default == DEFAULT_VIDEO_NEGATIVE_PROMPT
+    assert OviInput.model_fields["audio_negative_prompt"].default == DEFAULT_AUDIO_NEGATIVE_PROMPT
+
+
+def test_unknown_fields_are_ignored() -> None:
+    body = OviImageToVideoInput(prompt="x", image_url="https://a/b.png", sync_mode=True)
+    assert "sync_mode" not in body.model_dump()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"num_inference_steps": 0},
+        {"num_inference_steps": 51},
+        {"seed": -1},
+        {"seed": "abc"},
+        {"prompt": "   "},
+        {"resolution": "1024x1024"},
+    ],
+)
+def test_invalid_values(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        OviInput(**{"prompt": "x", **bad})
+
+
+def test_json_schema_is_fals() -> None:
+    schema = OviInput.model_json_schema()
+    assert schema["required"] == ["prompt"]
+    assert schema["x-fal-order-properties"][-1] == "resolution"
+    assert schema["properties"]["seed"]["type"] == "integer"
+    steps = schema["properties"]["num_inference_steps"]
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 50, 30)
+    assert OviOutput.model_json_schema()["required"] == ["video", "seed"]
+    assert QueueStatus.model_json_schema()["properties"]["status"]["enum"] == [
+        "IN_QUEUE",
+        "IN_PROGRESS",
+        "COMPLETED",
+    ]
+
+
+def test_queue_openapi_for_text_to_video() -> None:
+    doc = queue_openapi("fal-ai/ovi", "https://h/queue")
+    assert set(doc["components"]["schemas"]) >= {"QueueStatus", "OviInput", "OviOutput", "File"}
+    post = doc["paths"]["/fal-ai/ovi"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OviInput"
+    }
+    assert doc["security"] == [{"apiKeyAuth": []}]
+    with pytest.raises(KeyError):
+        queue_openapi("fal-ai/nope", "https://h")

@@ -1,0 +1,272 @@
+"""server/webhooks.py: delivery to a real loopback receiver, retries, signatures, durability."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+
+import pytest
+from _loopback_http import LoopbackServer, Reply
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from server.fetch import UrlPolicy
+from server.settings import ServerSettings
+from server.webhooks import (
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    RetrySchedule,
+    WebhookDispatcher,
+    WebhookVerificationError,
+    build_body,
+    check_webhook_url,
+    jwks,
+    load_or_create_signing_key,
+    sign_webhook,
+    verify_webhook,
+)
+
+ALLOW_LOOPBACK = UrlPolicy.from_entries(["127.0.0.1"])
+FAST = RetrySchedule(max_attempts=3, initial_delay_s=0.05, max_delay_s=0.2)
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _dispatcher(key, tmp_path, policy=ALLOW_LOOPBACK, schedule=FAST) -> WebhookDispatcher:
+    return WebhookDispatcher(
+        signing_key=key,
+        policy=policy,
+        db_path=tmp_path / "webhooks.sqlite3",
+        schedule=schedule,
+        timeout_s=2,
+    )
+
+
+def test_delivery_is_signed_and_verifies(key, tmp_path):
+    with LoopbackServer() as receiver:
+        receiver.routes["/hook"] = lambda req: Reply(200, b"ok")
+        dispatcher = _dispatcher(key, tmp_path)
+        dispatcher.start()
+        try:
+            payload = {"video": {"url": "http://x/files/outputs/a/v.mp4"}, "seed": 7}
+            dispatcher.enqueue(
+                receiver.base + "/hook",
+                request_id="req-1",
+                status="OK",
+                payload=payload,
+                user_id="u1",
+            )
+            _wait_for(lambda: len(receiver.received) == 1)
+            _wait_for(lambda: dispatcher.counts() == {})
+        finally:
+            dispatcher.close()
+    got = receiver.received[0]
+    assert got.method == "POST" and got.headers["Content-Type"] == "application/json"
+    assert got.headers["Host"] == f"127.0.0.1:{receiver.port}"
+    body = json.loads(got.body)
+    assert body == {
+        "request_id": "req-1",
+        "gateway_request_id": "req-1",
+        "status": "OK",
+        "payload": payload,
+        "error": None,
+        "payload_error": None,
+    }
+    assert got.headers["X-Fal-Webhook-Request-Id"] == "req-1"
+    assert got.headers["X-Fal-Webhook-User-Id"] == "u1"
+    # the published JWKS verifies it; a tampered body or another key does not
+    published = jwks(key.public_key())
+    verify_webhook(got.headers, got.body, published)
+    with pytest.raises(WebhookVerificationError, match="does not match"):
+        verify_webhook(got.headers, got.body.replace(b"req-1", b"req-2"), published)
+    with pytest.raises(WebhookVerificationError, match="does not match"):
+        verify_webhook(got.headers, got.body, Ed25519PrivateKey.generate().public_key())
+
+
+def test_retries_after_failures_then_succeeds(key, tmp_path):
+    with LoopbackServer() as receiver:
+        answers = iter([500, 503, 200])
+        receiver.routes["/hook"] = lambda req: Reply(next(answers))
+        dispatcher = _dispatcher(key, tmp_path)
+        dispatcher.start()
+        try:
+            start = time.monotonic()
+            dispatcher.enqueue(
+                receiver.base + "/hook",
+                request_id="r",
+                status="ERROR",
+                payload={"detail": "boom", "error_type": "internal_error"},
+                error="Invalid status code: 500",
+            )
+            _wait_for(lambda: len(receiver.received) == 3)
+            elapsed = time.monotonic() - start
+            _wait_for(lambda: dispatcher.counts() == {})
+        finally:
+            dispatcher.close()
+    assert elapsed >= 0.05 + 0.1 - 0.02  # backoff: 0.05 s then 0.1 s
+    bodies = {r.body for r in receiver.received}
+    assert len(bodies) == 1  # the same body every attempt
+    for r in receiver.received:
+        verify_webhook(r.headers, r.body, key.public_key())
+    assert json.loads(r.body)["error"] == "Invalid status code: 500"
+
+
+def test_gives_up_after_max_attempts(key, tmp_path):
+    with LoopbackServer() as receiver:
+        receiver.routes["/hook"] = lambda req: Reply(500)
+        dispatcher = _dispatcher(key, tmp_path)
+        dispatcher.start()
+        try:
+            dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
+            _wait_for(lambda: dispatcher.counts() == {"failed": 1})
+        finally:
+            dispatcher.close()
+    assert len(receiver.received) == FAST.max_attempts
+
+
+def test_pending_delivery_survives_restart(key, tmp_path):
+    with LoopbackServer() as receiver:
+        receiver.routes["/hook"] = lambda req: Reply(204)
+        first = _dispatcher(key, tmp_path)  # never started: the process "died" before sending
+        first.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={"a": 1})
+        first.close()
+        second = _dispatcher(key, tmp_path)
+        second.start()
+        try:
+            _wait_for(lambda: len(receiver.received) == 1)
+            _wait_for(lambda: second.counts() == {})
+        finally:
+            second.close()
+
+
+def test_enqueue_does_not_wait_for_a_slow_receiver(key, tmp_path):
+    with LoopbackServer() as receiver:
+        receiver.routes["/hook"] = lambda req: Reply(200, b"ok", delay_s=1.0)
+        dispatcher = _dispatcher(key, tmp_path)
+        dispatcher.start()
+        try:
+            t0 = time.monotonic()
+            for i in range(3):
+                dispatcher.enqueue(
+                    receiver.base + "/hook", request_id=f"r{i}", status="OK", payload={}
+                )
+            assert time.monotonic() - t0 < 0.5
+            _wait_for(lambda: dispatcher.counts() == {})
+        finally:
+            dispatcher.close()
+
+
+def test_private_url_is_refused_without_allowlist(key, tmp_path):
+    with LoopbackServer() as receiver:
+        receiver.routes["/hook"] = lambda req: Reply(200)
+        dispatcher = _dispatcher(key, tmp_path, policy=UrlPolicy())
+        dispatcher.start()
+        try:
+            dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
+            _wait_for(lambda: dispatcher.counts() == {"failed": 1})
+        finally:
+            dispatcher.close()
+    assert receiver.received == []
+    with pytest.raises(ValueError, match="loopback"):
+        check_webhook_url("http://127.0.0.1:9/x", UrlPolicy())
+    with pytest.raises(ValueError, match="metadata"):
+        check_webhook_url("http://169.254.169.254/latest", UrlPolicy())
+    with pytest.raises(ValueError, match="scheme"):
+        check_webhook_url("file:///etc/passwd", UrlPolicy())
+    check_webhook_url("http://127.0.0.1:9/x", ALLOW_LOOPBACK)
+    check_webhook_url("https://example.com/hook", UrlPolicy())  # no DNS unless asked
+
+
+def test_verify_rejects_stale_and_malformed(key):
+    body = b'{"a":1}'
+    headers = sign_webhook(key, request_id="r", user_id="u", body=body, timestamp=1_000_000)
+    verify_webhook(headers, body, key.public_key(), now=1_000_100)
+    with pytest.raises(WebhookVerificationError, match="window"):
+        verify_webhook(headers, body, key.public_key(), now=1_000_000 + 301)
+    with pytest.raises(WebhookVerificationError, match="missing header"):
+        verify_webhook(
+            {k: v for k, v in headers.items() if k != HEADER_SIGNATURE}, body, key.public_key()
+        )
+    with pytest.raises(WebhookVerificationError, match="not hex"):
+        verify_webhook({**headers, HEADER_SIGNATURE: "zz"}, body, key.public_key(), now=1_000_000)
+    with pytest.raises(WebhookVerificationError, match="does not match"):
+        verify_webhook(
+            {**headers, HEADER_TIMESTAMP: "1000001"}, body, key.public_key(), now=1_000_000
+        )
+    lower = {k.lower(): v for k, v in headers.items()}
+    verify_webhook(lower, body, key.public_key(), now=1_000_000)
+
+
+def test_unserialisable_payload_becomes_payload_error():
+    body = json.loads(
+        build_body(
+            request_id="r", gateway_request_id=None, status="OK", payload={"x": {1, 2}}, error=None
+        )
+    )
+    assert body["payload"] is None and "not valid JSON" in body["payload_error"]
+
+
+def test_key_persists_in_data_dir(tmp_path):
+    settings = ServerSettings(
+        data_dir=tmp_path, url_allowlist=["127.0.0.1"], webhook_initial_delay_s=1
+    )
+    a = WebhookDispatcher.from_settings(settings)
+    b = WebhookDispatcher.from_settings(settings)
+    try:
+        assert a.jwks() == b.jwks()
+        assert a.jwks()["keys"][0]["crv"] == "Ed25519"
+        assert a.schedule.initial_delay_s == 1 and a.schedule.max_attempts == 10
+    finally:
+        a.close()
+        b.close()
+    key_file = tmp_path / "webhook-ed25519.pem"
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert load_or_create_signing_key(key_file).public_key() == a.public_key
+
+
+def test_default_schedule_spans_about_two_hours():
+    s = RetrySchedule()
+    total = sum(s.delay_after(n) for n in range(1, s.max_attempts))
+    assert s.max_attempts == 10 and 1.5 * 3600 < total < 2.5 * 3600
+
+
+def test_through_the_app_to_a_real_receiver(tmp_path):
+    """Submit with ?fal_webhook, complete the job, and verify the delivery with the app's JWKS."""
+    from _app import AUTH, finish_next, make_settings, running_app, store_of
+
+    settings = make_settings(
+        tmp_path, url_allowlist=["127.0.0.1"], webhook_initial_delay_s=0.05, webhook_max_attempts=3
+    )
+    with LoopbackServer() as receiver:
+        answers = iter([502, 200])
+        receiver.routes["/hook"] = lambda req: Reply(next(answers))
+        with running_app(settings) as (client, app):
+            hook = urllib.parse.quote(receiver.base + "/hook", safe="")
+            submitted = client.post(
+                f"/queue/fal-ai/ovi?fal_webhook={hook}", json={"prompt": "x"}, headers=AUTH
+            )
+            assert submitted.status_code == 200, submitted.text
+            finish_next(store_of(app))
+            _wait_for(lambda: len(receiver.received) == 2)  # maintenance pumps within ~1 s
+            published = client.get("/.well-known/jwks.json").json()
+    delivered = receiver.received[-1]
+    verify_webhook(delivered.headers, delivered.body, published)
+    body = json.loads(delivered.body)
+    assert body["request_id"] == submitted.json()["request_id"]
+    assert body["gateway_request_id"] == submitted.json()["gateway_request_id"]
+    assert body["status"] == "OK" and body["payload"]["seed"] == 7
+    assert body["payload"]["video"]["url"].startswith("http://testserver/files/outputs/")
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(delivered.headers, delivered.body.replace(b'"OK"', b'"ERROR"'), published)
