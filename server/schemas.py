@@ -2,9 +2,8 @@
 
 Field names, order, defaults, ranges and descriptions are fal's (`fal-ai/ovi`,
 `fal-ai/ovi/image-to-video`). Unknown input fields are ignored, as fal does; invalid ones give
-FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. The default negative prompts repeat
-`model.presets` on purpose: importing `model` would load torch into the API process (a test
-checks the two agree).
+FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. The default negative prompts are the
+model's own (`model.presets`, a light module: no torch in the API process).
 """
 
 from __future__ import annotations
@@ -13,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from model.presets import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
+
 T2V_APP = "fal-ai/ovi"
 I2V_APP = "fal-ai/ovi/image-to-video"
 APPS: tuple[str, ...] = (T2V_APP, I2V_APP)
 QUEUE_APP = "fal-ai/ovi"  # fal's clients look every request up under owner/alias, sub-path dropped
 
-DEFAULT_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
-DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
+DEFAULT_NEGATIVE_PROMPT = DEFAULT_VIDEO_NEGATIVE_PROMPT  # fal's field name is negative_prompt
 
 RESOLUTIONS: tuple[str, ...] = (
     "512x992",

@@ -40,11 +40,17 @@ def test_field_order_and_defaults() -> None:
     )
 
 
-def test_defaults_match_the_model_presets() -> None:
-    from model.presets import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
-
-    assert OviInput.model_fields["negative_prompt"].default == DEFAULT_VIDEO_NEGATIVE_PROMPT
-    assert OviInput.model_fields["audio_negative_prompt"].default == DEFAULT_AUDIO_NEGATIVE_PROMPT
+def test_defaults_are_fals() -> None:
+    # fal's published defaults, which are also the official release's (model.presets).
+    for model in (OviInput, OviImageToVideoInput):
+        assert (
+            model.model_fields["negative_prompt"].default == "jitter, bad hands, blur, distortion"
+        )
+        assert (
+            model.model_fields["audio_negative_prompt"].default
+            == "robotic, muffled, echo, distorted"
+        )
+        assert model.model_fields["num_inference_steps"].default == 30
 
 
 def test_unknown_fields_are_ignored() -> None:
