@@ -44,6 +44,7 @@ from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
+from .optimize import FastPath, optimize_pipeline
 from .preprocess import (
     area_mismatch,
     image_target_size,
@@ -124,6 +125,7 @@ def denoise(
     callback: Callable[[StepInfo], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     trace: Callable[[DenoiseTrace], None] | None = None,
+    batch_cfg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling loop. Returns the final (video [B,48,F,h,w], audio [B,La,20]) latents.
 
@@ -131,6 +133,7 @@ def denoise(
     text_*: [B, Lt, Dt] (each padded with zeros to the model's text_len inside the model);
     first_frame_latent: [B, 48, 1, h, w] for i2v (written into frame 0 before every pass and
     once after the loop), None for t2v.
+    batch_cfg: run both passes as one batch (`FusionModel.forward_cfg`; equal to rounding).
     """
     video_scheduler = make_scheduler(solver, steps, shift)
     audio_scheduler = make_scheduler(solver, steps, shift)
@@ -138,24 +141,27 @@ def denoise(
     skip = slg_layer if slg_layer is not None and slg_layer > 0 else None
     batch = video.shape[0]
     start = time.perf_counter()
+    timesteps = video_scheduler.timesteps.to(video.device)  # once: no host->device copy per step
     for i, t in enumerate(video_scheduler.timesteps):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"cancelled before step {i + 1}/{steps}")
         if is_i2v:
             video = torch.cat([first_frame_latent.to(video.dtype), video[:, :, 1:]], dim=2)
-        t_model = t.reshape(1).expand(batch).to(video.device)
-        pos_v, pos_a = fusion(
-            video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v, slg_layer=None
-        )
-        neg_v, neg_a = fusion(
-            video,
-            audio,
-            t_model,
-            text_video_neg,
-            text_audio_neg,
-            first_frame_is_clean=is_i2v,
-            slg_layer=skip,
-        )
+        t_model = timesteps[i].reshape(1).expand(batch)
+        if batch_cfg:
+            pos_v, pos_a, neg_v, neg_a = fusion.forward_cfg(
+                video, audio, t_model, (text_pos, text_pos), (text_video_neg, text_audio_neg),
+                first_frame_is_clean=is_i2v, slg_layer=skip,
+            )  # fmt: skip
+        else:
+            pos_v, pos_a = fusion(
+                video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v,
+                slg_layer=None,
+            )  # fmt: skip
+            neg_v, neg_a = fusion(
+                video, audio, t_model, text_video_neg, text_audio_neg, first_frame_is_clean=is_i2v,
+                slg_layer=skip,
+            )  # fmt: skip
         if trace is not None:
             trace(DenoiseTrace(i, t, video, audio, pos_v, neg_v, pos_a, neg_a))
         guided_v = neg_v + video_guidance_scale * (pos_v - neg_v)
@@ -188,7 +194,10 @@ class OviPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         cpu_offload: bool = False,
+        fast_path: bool | FastPath | None = None,
     ) -> None:
+        """fast_path: `model/optimize.py`'s transforms; None = on for CUDA, off on CPU (the
+        plain float32 path conformance checks); True/False or a `FastPath` to choose."""
         self.preset = preset
         self.text_encoder = text_encoder
         self.fusion = fusion
@@ -203,6 +212,7 @@ class OviPipeline:
         home = torch.device("cpu") if cpu_offload else self.device
         for module in self._components:
             module.to(home).eval()
+        self.fast_path = optimize_pipeline(self, fast_path)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -217,6 +227,7 @@ class OviPipeline:
         dtype: torch.dtype | None = None,
         cpu_offload: bool = False,
         fp8: bool = False,
+        fast_path: bool | FastPath | None = None,
     ) -> OviPipeline:
         """Load a real variant from `weights_dir` (the layout `make weights` creates).
 
@@ -261,7 +272,7 @@ class OviPipeline:
         )
         return cls(
             preset, text_encoder, fusion, video_vae, audio_vae, vocoder,
-            device=device, dtype=dtype, cpu_offload=cpu_offload,
+            device=device, dtype=dtype, cpu_offload=cpu_offload, fast_path=fast_path,
         )  # fmt: skip
 
     @classmethod
@@ -272,6 +283,7 @@ class OviPipeline:
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        fast_path: bool | FastPath | None = None,
     ) -> OviPipeline:
         """Build a random-weight preset (e.g. `tiny`) through the same load paths as real files."""
         preset = get_preset(name)
@@ -315,7 +327,8 @@ class OviPipeline:
             random_vocoder_state(cfg.vocoder, seed + 4), cfg.vocoder, source="random", device=device
         )
         return cls(
-            preset, text_encoder, fusion, video_vae, audio_vae, vocoder, device=device, dtype=dtype
+            preset, text_encoder, fusion, video_vae, audio_vae, vocoder, device=device, dtype=dtype,
+            fast_path=fast_path,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------
@@ -482,6 +495,7 @@ class OviPipeline:
                 audio_guidance_scale=d.audio_guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
                 slg_layer=slg_layer, first_frame_latent=first_frame,
                 callback=callback, should_cancel=should_cancel,
+                batch_cfg=self.fast_path is not None and self.fast_path.batch_cfg,
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
         # 5. decode

@@ -13,6 +13,8 @@ Every attention in `model/` calls `attention(q, k, v)`. Layout is the flash-attn
 
 `attention_backend(device, dtype)` says which one a call would use (for logs and benchmarks);
 `force_backend("sdpa")` pins plain SDPA for comparisons, `force_backend(None)` undoes it.
+`set_cuda_sdpa_preference([...])` reorders or trims the CUDA SDPA list (the fast path's startup
+check in `model/optimize.py` drops backends that fail on the machine).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _CUDA_SDPA_PREFERENCE = [
     SDPBackend.MATH,
 ]
 
+DEFAULT_CUDA_SDPA_PREFERENCE = tuple(_CUDA_SDPA_PREFERENCE)
+
 _forced: Backend | None = None
 _logged: set[tuple[str, torch.dtype, Backend]] = set()
 
@@ -53,6 +57,30 @@ def force_backend(name: Backend | None) -> None:
     if name == "fa3" and _fa3_func is None:
         raise ValueError("attention backend 'fa3' requested but flash_attn_interface is missing")
     _forced = name
+
+
+def set_cuda_sdpa_preference(backends: list[SDPBackend] | None) -> None:
+    """The SDPA backends `sdpa-cuda` may use, best first; `None` restores the default order."""
+    chosen = list(DEFAULT_CUDA_SDPA_PREFERENCE if backends is None else backends)
+    if not chosen:
+        raise ValueError("the CUDA SDPA preference list needs at least one backend")
+    if SDPBackend.MATH not in chosen:
+        chosen.append(SDPBackend.MATH)  # always a fallback that takes any input
+    _CUDA_SDPA_PREFERENCE[:] = chosen
+
+
+def cuda_sdpa_preference() -> list[SDPBackend]:
+    return list(_CUDA_SDPA_PREFERENCE)
+
+
+def fa3_available() -> bool:
+    """Whether FlashAttention-3 (`flash_attn_interface`) imported."""
+    return _fa3_func is not None
+
+
+def forced_backend() -> Backend | None:
+    """The backend pinned by `force_backend`, or None when it is picked automatically."""
+    return _forced
 
 
 def attention_backend(
@@ -76,7 +104,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """
     backend = attention_backend(q.device, q.dtype, q.shape[-1])
     key = (q.device.type, q.dtype, backend)
-    if key not in _logged:
+    if not torch.compiler.is_compiling() and key not in _logged:  # no side effects in a trace
         _logged.add(key)
         logger.info("attention backend: %s (%s, %s)", backend, q.device.type, q.dtype)
 

@@ -29,12 +29,21 @@ on GPU); these always run in float32, whatever the weight dtype:
 The model has no buffers. RoPE angles and timestep features are computed in each forward from
 the latent grid and the timesteps (once per forward, shared by all blocks; cheap next to one
 block), so a model built on the meta device and loaded with `assign=True` is complete.
+
+Fast path (`model/optimize.py` applies it to a loaded model; every switch keeps the outputs equal
+to float rounding): `fuse_projections()` on the attentions (one GEMM for self-attention q/k/v,
+one for the text k/v, one for the fusion k/v; the state dict keeps the official keys),
+`FusionModel.layer_fn` (the per-layer function, replaced by a compiled one), `FusionModel.offload`
+(block-level weight streaming) and `FusionModel.forward_cfg` (both CFG passes in one batch).
+`FusionModel.time_per_token` switches the time MLPs to the official per-token form (same values,
+more work; the benchmark's reference-style path).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +182,96 @@ class LayerNorm(nn.LayerNorm):
 # ---------------------------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
+class FusableProjections(nn.Module):
+    """Linear projections that read the same input, optionally fused into one GEMM.
+
+    `FUSIONS` maps a fused name to the official projections it stacks along the output rows,
+    e.g. {"qkv": ("q", "k", "v")}. `fuse_projections()` replaces those modules by one
+    `nn.Linear` (their weights concatenated; no copy is kept); `unfuse_projections()` splits it
+    back. Either way `state_dict()` has the official keys and `load_state_dict()` takes them
+    (strict), so checkpoint files load into a fused model as they are.
+    """
+
+    FUSIONS: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.FUSIONS:
+            setattr(self, name, None)  # the fused nn.Linear while fused
+        self.register_state_dict_post_hook(_split_fused_state)
+        self.register_load_state_dict_pre_hook(_join_fused_state)
+
+    @property
+    def fused(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.FUSIONS)
+
+    def fuse_projections(self) -> None:
+        for name, parts in self.FUSIONS.items():
+            if getattr(self, name) is not None:
+                continue
+            linears: list[nn.Linear] = [getattr(self, p) for p in parts]
+            weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum(out), in]
+            bias = torch.cat([lin.bias.detach() for lin in linears])
+            for p in parts:
+                delattr(self, p)  # frees the separate weights as soon as nothing else holds them
+            setattr(self, name, _linear_from(weight, bias))
+
+    def unfuse_projections(self) -> None:
+        for name, parts in self.FUSIONS.items():
+            fused: nn.Linear | None = getattr(self, name)
+            if fused is None:
+                continue
+            weights = fused.weight.detach().chunk(len(parts))
+            biases = fused.bias.detach().chunk(len(parts))
+            setattr(self, name, None)
+            for p, w, b in zip(parts, weights, biases, strict=True):
+                setattr(self, p, _linear_from(w.clone(), b.clone()))
+
+    def project(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The projections `FUSIONS[name]` of x, as separate [.., out] tensors (views if fused)."""
+        fused = getattr(self, name)
+        if fused is None:
+            return tuple(getattr(self, p)(x) for p in self.FUSIONS[name])
+        return fused(x).chunk(len(self.FUSIONS[name]), dim=-1)
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An nn.Linear holding exactly these tensors (no allocation, no init)."""
+    with torch.device("meta"):
+        linear = nn.Linear(weight.shape[1], weight.shape[0])
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear
+
+
+def _split_fused_state(
+    module: FusableProjections, state: dict[str, Any], prefix: str, _meta: Any
+) -> None:
+    """state_dict() post-hook: fused rows -> the official per-projection keys."""
+    for name, parts in module.FUSIONS.items():
+        for leaf in ("weight", "bias"):
+            key = f"{prefix}{name}.{leaf}"
+            if key in state:
+                for p, chunk in zip(parts, state.pop(key).chunk(len(parts)), strict=True):
+                    state[f"{prefix}{p}.{leaf}"] = chunk
+
+
+def _join_fused_state(
+    module: FusableProjections, state: dict[str, Any], prefix: str, *_args: Any
+) -> None:
+    """load_state_dict() pre-hook: official per-projection keys -> fused rows (when fused)."""
+    for name, parts in module.FUSIONS.items():
+        if getattr(module, name) is None:
+            continue
+        for leaf in ("weight", "bias"):
+            keys = [f"{prefix}{p}.{leaf}" for p in parts]
+            if all(k in state for k in keys):
+                state[f"{prefix}{name}.{leaf}"] = torch.cat([state.pop(k) for k in keys])
+
+
+class SelfAttention(FusableProjections):
+    FUSIONS = {"qkv": ("q", "k", "v")}
+
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -190,10 +288,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         """x: [B, L, D] (compute dtype), rope: (cos, sin) [L, d/2] -> [B, L, D]."""
-        q = rope_apply(self._heads(self.norm_q(self.q(x))), rope)  # [B, L, N, d]
-        k = rope_apply(self._heads(self.norm_k(self.k(x))), rope)
-        v = self._heads(self.v(x))
-        return self.o(attention(q, k, v).flatten(2))
+        q, k, v = self.project("qkv", x)  # [B, L, D] each
+        q = rope_apply(self._heads(self.norm_q(q)), rope)  # [B, L, N, d]
+        k = rope_apply(self._heads(self.norm_k(k)), rope)
+        return self.o(attention(q, k, self._heads(v)).flatten(2))
 
 
 class FusionCrossAttention(SelfAttention):
@@ -204,6 +302,8 @@ class FusionCrossAttention(SelfAttention):
     y' = pre_attn_norm_fusion(y) is the other tower's residual stream and k2 is rotated with the
     other tower's positions. Output: o(x1 + x2).
     """
+
+    FUSIONS = {"kv": ("k", "v"), "kv_fusion": ("k_fusion", "v_fusion")}  # q reads x, not these
 
     def __init__(
         self, dim: int, num_heads: int, qk_norm: bool, eps: float, target_dim: int
@@ -226,14 +326,13 @@ class FusionCrossAttention(SelfAttention):
         fp32 stream of the other tower; rope [L, d/2], target_rope [Lo, d/2] -> [B, L, D]."""
         q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, d]
         # 1. text: no RoPE, no mask (zero-padded rows are attended too)
-        k = self._heads(self.norm_k(self.k(context)))  # [B, Lt, N, d]
-        v = self._heads(self.v(context))
-        x_text = attention(q, k, v)  # [B, L, N, d]
+        k, v = self.project("kv", context)  # [B, Lt, D] each
+        x_text = attention(q, self._heads(self.norm_k(k)), self._heads(v))  # [B, L, N, d]
         # 2. the other modality: same q, rotated with our positions; keys with theirs
         y = self.pre_attn_norm_fusion(target).to(x.dtype)  # [B, Lo, Do]
-        k2 = rope_apply(self._heads(self.norm_k_fusion(self.k_fusion(y))), target_rope)
-        v2 = self._heads(self.v_fusion(y))  # [B, Lo, N, d]
-        x_fused = attention(rope_apply(q, rope), k2, v2)  # [B, L, N, d]
+        k2, v2 = self.project("kv_fusion", y)  # [B, Lo, D] each
+        k2 = rope_apply(self._heads(self.norm_k_fusion(k2)), target_rope)  # [B, Lo, N, d]
+        x_fused = attention(rope_apply(q, rope), k2, self._heads(v2))  # [B, L, N, d]
         return self.o((x_text + x_fused).flatten(2))
 
 
@@ -281,6 +380,11 @@ class FusionBlock(nn.Module):
         # 4. adaLN table: shift/scale/gate for attention, then for the FFN
         self.modulation = Modulation(dim, 6)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the linears compute in (the loaded weight dtype; fp8 compute keeps it)."""
+        return self.modulation.modulation.dtype
+
     def modulate(self, e0: torch.Tensor) -> list[torch.Tensor]:
         """e0: [B, U, 6, D] fp32 -> six [B, U, D] fp32 chunks m0..m5."""
         return list((self.modulation.modulation.float() + e0).unbind(2))
@@ -289,7 +393,7 @@ class FusionBlock(nn.Module):
         self, x: torch.Tensor, m: list[torch.Tensor], index: torch.Tensor | None, rope: Rope
     ) -> torch.Tensor:
         """Step 1/2. x: [B, L, D] fp32 -> x + SA(LN(x)(1+m1)+m0) * m2, fp32."""
-        dtype = self.ffn[0].weight.dtype
+        dtype = self.compute_dtype
         shift, scale, gate = (_per_token(c, index) for c in m[0:3])
         h = self.norm1(x) * (1 + scale) + shift  # fp32
         return x + self.self_attn(h.to(dtype), rope).float() * gate
@@ -305,7 +409,7 @@ class FusionBlock(nn.Module):
         target_rope: Rope,
     ) -> torch.Tensor:
         """Step 3/4. x: [B, L, D] fp32, target: [B, Lo, Do] fp32 -> [B, L, D] fp32."""
-        dtype = self.ffn[0].weight.dtype
+        dtype = self.compute_dtype
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, target, rope, target_rope).float()
         shift, scale, gate = (_per_token(c, index) for c in m[3:6])
         h = self.norm2(x) * (1 + scale) + shift  # fp32
@@ -357,12 +461,16 @@ class TowerInputs(NamedTuple):
     """What one tower's embedding stage hands to the blocks and the head."""
 
     x: torch.Tensor  # [B, L, D] fp32 tokens
-    e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep
+    e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep (U = L: per token)
     e0: torch.Tensor  # [B, U, 6, D] fp32 time projection per distinct timestep
-    index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U == 1
+    index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U is 1 or L
     context: torch.Tensor  # [B, text_len, D] embedded (zero-padded) text, compute dtype
     rope: Rope  # (cos, sin) [L, d/2] fp32
     grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
+
+    def rows(self, sl: slice) -> TowerInputs:
+        """The same inputs for batch rows `sl` only."""
+        return self._replace(x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl])
 
 
 class WanTower(nn.Module):
@@ -406,8 +514,13 @@ class WanTower(nn.Module):
         t: torch.Tensor,
         context: torch.Tensor,
         first_frame_is_clean: bool = False,
+        time_per_token: bool = False,
     ) -> TowerInputs:
-        """latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B]; context: [B, Lt, Dt]."""
+        """latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B]; context: [B, Lt, Dt].
+
+        time_per_token: run the time MLPs on every token's timestep (the official form: same
+        values, L times the work) instead of once per distinct timestep.
+        """
         cfg = self.config
         dtype = self.text_embedding[0].weight.dtype
         # 1. tokens
@@ -429,6 +542,9 @@ class WanTower(nn.Module):
             index = (torch.arange(num_tokens, device=x.device) >= frame0).long()  # [Lv]
         else:
             rows, index = t[:, None], None  # [B, 1]
+        if time_per_token:
+            rows = _per_token(rows, index).expand(-1, num_tokens)  # [B, L]
+            index = None
         e = _fp32_mlp(self.time_embedding, sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D]
         e0 = _fp32_mlp(self.time_projection, e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D]
 
@@ -463,6 +579,48 @@ def _skipped(i: int, slg_layer: int | bool | None) -> bool:
     return slg_layer is not None and int(slg_layer) > 0 and i == int(slg_layer)
 
 
+def fusion_layer(
+    video_block: FusionBlock,
+    audio_block: FusionBlock,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    vid: TowerInputs,
+    aud: TowerInputs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer i of the fusion model: block i of both towers, interleaved.
+
+    v: [B, Lv, Dv], a: [B, La, Da], fp32 residual streams -> the same after the layer. The unit
+    of regional compilation (`FusionModel.layer_fn`): every layer has the same code and shapes,
+    so one compiled graph serves all of them.
+    """
+    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+    a = audio_block.self_attention(a, ma, aud.index, aud.rope)  # step 1
+    v = video_block.self_attention(v, mv, vid.index, vid.rope)  # step 2
+    a_next = audio_block.cross_attention_ffn(  # step 3: target = video after step 2
+        a, ma, aud.index, aud.context, v, aud.rope, vid.rope
+    )
+    v = video_block.cross_attention_ffn(  # step 4: target = audio after step 1
+        v, mv, vid.index, vid.context, a, vid.rope, aud.rope
+    )
+    return v, a_next
+
+
+LayerFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # fusion_layer's signature
+
+
+class LayerWeights(Protocol):
+    """Puts layer weights where they compute (block offload, `model/optimize.py`)."""
+
+    def begin(self, layers: list[int]) -> None:
+        """A forward will run these layers, in this order."""
+
+    def fetch(self, i: int) -> None:
+        """Layer i's weights must be on the compute device from now until `release(i)`."""
+
+    def release(self, i: int) -> None:
+        """Layer i's compute has been queued; its device copy may be reused after it."""
+
+
 class FusionModel(nn.Module):
     """Ovi fusion DiT: `video_model` (Wan2.2 ti2v) and `audio_model` (t2a) with cross-modal
     attention in every block. Predicts the flow for both latents.
@@ -483,6 +641,10 @@ class FusionModel(nn.Module):
         self.config = config
         self.video_model = WanTower(video, target_dim=audio.dim)
         self.audio_model = WanTower(audio, target_dim=video.dim)
+        # run-time switches, not weights (model/optimize.py sets them; see the module docstring)
+        self.layer_fn: LayerFn = fusion_layer
+        self.offload: LayerWeights | None = None
+        self.time_per_token = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -537,13 +699,72 @@ class FusionModel(nn.Module):
         taps: if a dict is given, it is filled with intermediates (embeddings, block outputs).
         Returns (video [B, C, F, H, W], audio [B, La, Ca]), float32.
         """
-        # 0. inputs
         self._check_inputs(video, audio, t, video_context, audio_context)
+        return self._forward(
+            video, audio, t, video_context, audio_context, first_frame_is_clean, slg_layer, taps
+        )
+
+    def forward_cfg(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        t: torch.Tensor,
+        context_pos: tuple[torch.Tensor, torch.Tensor],
+        context_neg: tuple[torch.Tensor, torch.Tensor],
+        first_frame_is_clean: bool = False,
+        slg_layer: int | bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both classifier-free-guidance passes as one batch of 2B.
+
+        Equal (to float rounding) to `forward(video, audio, t, *context_pos)` and
+        `forward(video, audio, t, *context_neg, slg_layer=slg_layer)`: rows [0, B) are the
+        positive pass, rows [B, 2B) the negative one, and layer `slg_layer` runs on the
+        positive rows only. context_*: (video [B, Ltv, Dt], audio [B, Lta, Dt]).
+        Returns (video_pos, audio_pos, video_neg, audio_neg).
+        """
+        for video_context, audio_context in (context_pos, context_neg):
+            self._check_inputs(video, audio, t, video_context, audio_context)
+        b = video.shape[0]
+        t = t.reshape(-1).to(video.device).expand(b)
+        padded = [
+            torch.cat([F.pad(c, (0, 0, 0, cfg.text_len - c.shape[1])) for c in pair])
+            for pair, cfg in (
+                ((context_pos[0], context_neg[0]), self.config.video),
+                ((context_pos[1], context_neg[1]), self.config.audio),
+            )
+        ]  # [2B, text_len, Dt] each; the tower zero-pads the same way
+        v, a = self._forward(
+            torch.cat([video, video]),
+            torch.cat([audio, audio]),
+            torch.cat([t, t]),
+            padded[0],
+            padded[1],
+            first_frame_is_clean,
+            slg_layer,
+            slg_rows_from=b,
+        )
+        return v[:b], a[:b], v[b:], a[b:]
+
+    def _forward(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        t: torch.Tensor,
+        video_context: torch.Tensor,
+        audio_context: torch.Tensor,
+        first_frame_is_clean: bool,
+        slg_layer: int | bool | None,
+        taps: dict[str, torch.Tensor] | None = None,
+        slg_rows_from: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` after the input checks; the skipped layer skips rows >= slg_rows_from."""
+        # 0. inputs
         t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
 
         # 1. embeddings of both towers
-        vid = self.video_model.embed(video, t, video_context, first_frame_is_clean)
-        aud = self.audio_model.embed(audio, t, audio_context)
+        per_token = self.time_per_token
+        vid = self.video_model.embed(video, t, video_context, first_frame_is_clean, per_token)
+        aud = self.audio_model.embed(audio, t, audio_context, time_per_token=per_token)
         if taps is not None:
             for name, inp in (("video", vid), ("audio", aud)):
                 n = inp.x.shape[1]
@@ -552,22 +773,28 @@ class FusionModel(nn.Module):
                 taps[f"{name}_time_proj"] = _per_token(inp.e0, inp.index).expand(-1, n, -1, -1)
                 taps[f"{name}_context_emb"] = inp.context
 
-        # 2. fusion blocks (both residual streams stay fp32)
+        # 2. fusion layers (both residual streams stay fp32)
         v, a = vid.x, aud.x
-        blocks = zip(self.video_model.blocks, self.audio_model.blocks, strict=True)
-        for i, (video_block, audio_block) in enumerate(blocks):
-            if _skipped(i, slg_layer):
-                continue
-            mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
-            a = audio_block.self_attention(a, ma, aud.index, aud.rope)  # step 1
-            v = video_block.self_attention(v, mv, vid.index, vid.rope)  # step 2
-            a_next = audio_block.cross_attention_ffn(  # step 3: target = video after step 2
-                a, ma, aud.index, aud.context, v, aud.rope, vid.rope
-            )
-            v = video_block.cross_attention_ffn(  # step 4: target = audio after step 1
-                v, mv, vid.index, vid.context, a, vid.rope, aud.rope
-            )
-            a = a_next
+        video_blocks, audio_blocks = self.video_model.blocks, self.audio_model.blocks
+        layers = [
+            i for i in range(len(video_blocks)) if slg_rows_from > 0 or not _skipped(i, slg_layer)
+        ]
+        if self.offload is not None:
+            self.offload.begin(layers)
+        for i in layers:
+            if self.offload is not None:
+                self.offload.fetch(i)
+            if not _skipped(i, slg_layer):
+                v, a = self.layer_fn(video_blocks[i], audio_blocks[i], v, a, vid, aud)
+            else:  # skip-layer guidance on rows >= slg_rows_from only
+                run = slice(0, slg_rows_from)
+                v_run, a_run = self.layer_fn(
+                    video_blocks[i], audio_blocks[i], v[run], a[run], vid.rows(run), aud.rows(run)
+                )
+                v = torch.cat([v_run, v[slg_rows_from:]])
+                a = torch.cat([a_run, a[slg_rows_from:]])
+            if self.offload is not None:
+                self.offload.release(i)
             if taps is not None:
                 taps[f"block{i}.video_out"], taps[f"block{i}.audio_out"] = v, a
 

@@ -1,0 +1,1 @@
+"""Benchmark harness for Ovi: `python -m bench [--small] [--out PATH]` (see README.md)."""
