@@ -79,22 +79,10 @@ class _InputChecks(BaseModel):
 # --- inputs -------------------------------------------------------------------------------------
 
 
-class OviInput(_InputChecks):
-    """Input of `fal-ai/ovi` (text-to-video)."""
+class _CommonInput(_InputChecks):
+    """The fields both endpoints share, in fal's order (subclasses append theirs last)."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "x-fal-order-properties": [
-                "prompt",
-                "negative_prompt",
-                "num_inference_steps",
-                "audio_negative_prompt",
-                "seed",
-                "resolution",
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="ignore")
 
     prompt: str = Field(
         ..., description="The text prompt to guide video generation.", examples=[EXAMPLE_PROMPT]
@@ -107,6 +95,18 @@ class OviInput(_InputChecks):
         DEFAULT_AUDIO_NEGATIVE_PROMPT, description="Negative prompt for audio generation."
     )
     seed: Seed = None
+
+
+def _fal_order(*last: str) -> ConfigDict:
+    order = [*_CommonInput.model_fields, *last]
+    return ConfigDict(extra="ignore", json_schema_extra={"x-fal-order-properties": order})
+
+
+class OviInput(_CommonInput):
+    """Input of `fal-ai/ovi` (text-to-video)."""
+
+    model_config = _fal_order("resolution")
+
     resolution: Resolution = Field(
         "992x512",
         description="Resolution of the generated video in W:H format. One of (512x992, 992x512,"
@@ -114,34 +114,11 @@ class OviInput(_InputChecks):
     )
 
 
-class OviImageToVideoInput(_InputChecks):
+class OviImageToVideoInput(_CommonInput):
     """Input of `fal-ai/ovi/image-to-video`."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "x-fal-order-properties": [
-                "prompt",
-                "negative_prompt",
-                "num_inference_steps",
-                "audio_negative_prompt",
-                "seed",
-                "image_url",
-            ]
-        },
-    )
+    model_config = _fal_order("image_url")
 
-    prompt: str = Field(
-        ..., description="The text prompt to guide video generation.", examples=[EXAMPLE_PROMPT]
-    )
-    negative_prompt: str = Field(
-        DEFAULT_NEGATIVE_PROMPT, description="Negative prompt for video generation."
-    )
-    num_inference_steps: int = Field(30, ge=1, le=50, description="The number of inference steps.")
-    audio_negative_prompt: str = Field(
-        DEFAULT_AUDIO_NEGATIVE_PROMPT, description="Negative prompt for audio generation."
-    )
-    seed: Seed = None
     image_url: str = Field(
         ...,
         description="The image URL to guide video generation.",
