@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .loading import WeightFileMissingError
+from .errors import WeightFileMissingError
 
 logger = logging.getLogger(__name__)
 

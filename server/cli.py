@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from model.loading import CheckpointMismatchError, WeightFileMissingError
+    from model.errors import CheckpointMismatchError, WeightFileMissingError
 
     try:
         return int(args.func(args) or 0)
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UsageError,
         WeightFileMissingError,
         CheckpointMismatchError,
-        ValueError,
+        ValueError,  # also ImageLoadError
         FileNotFoundError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
