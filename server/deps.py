@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader
@@ -118,10 +119,13 @@ def base_url(request: Request, settings: ServerSettings) -> str:
 
 def queue_base_url(request: Request, settings: ServerSettings) -> str:
     """Base of queue URLs: `<base>/queue`, or `<base>` when the request came in on a `queue.`
-    host at the root (see `QueueHostMiddleware`)."""
+    host at the root (see `QueueHostMiddleware`) and `<base>` names a `queue.` host too (a
+    public base URL or forwarded host that does not would 404 at its root)."""
     base = base_url(request, settings)
     if request.scope.get("ovi.queue_host"):
-        return base
+        parts = urlsplit(base)
+        if (parts.hostname or "").startswith("queue.") and not parts.path:
+            return base
     return base + "/queue"
 
 

@@ -19,16 +19,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import FalError
 from server.fetch import ImageInputError
 from server.jobs.base import JobStore
 from server.jobs.sqlite import SqliteJobStore
 from server.routes import files, health, queue, sync
-from server.routes.queue import absolute_result
+from server.routes.queue import absolute_result, replay_status
 from server.settings import ServerSettings, get_settings
 from server.storage import LocalStorage
 
@@ -44,7 +45,17 @@ Apps: `fal-ai/ovi` (text-to-video) and `fal-ai/ovi/image-to-video`. Send
 """
 
 # Paths that stay at the root on a `queue.` host (everything else gets the /queue prefix).
-_ROOT_PATHS = ("/health", "/files/", "/storage/", "/docs", "/redoc", "/openapi", "/api/", "/.well")
+_ROOT_PATHS = (
+    "/health",
+    "/files/",
+    "/files/upload",  # fal-client's CDN upload: POST {CDN}/files/upload
+    "/storage/",
+    "/docs",
+    "/redoc",
+    "/openapi",
+    "/api/",
+    "/.well",
+)
 
 
 class QueueHostMiddleware:
@@ -65,9 +76,52 @@ class QueueHostMiddleware:
             ):
                 scope = dict(scope)
                 scope["path"] = "/queue" + path
-                scope["raw_path"] = b"/queue" + scope.get("raw_path", path.encode())
+                scope["raw_path"] = b"/queue" + (scope.get("raw_path") or path.encode())
                 scope["ovi.queue_host"] = True
         await self.app(scope, receive, send)
+
+
+# Largest JSON body: a 10 MiB data URI percent-encoded (up to 3x) plus the prompts. Bodies are
+# read before the API key is checked, so without a cap anyone could make us buffer gigabytes.
+MAX_JSON_BODY_BYTES = 32 * 1024 * 1024
+# Upload routes stream their bodies against `upload_max_bytes` themselves.
+_UPLOAD_PATHS = ("/storage/upload/put/", "/files/upload")
+
+
+class RequestTooLargeError(FalError):
+    status_code = 413
+    error_type = "request_too_large"
+    default_detail = f"Request body larger than {MAX_JSON_BODY_BYTES} bytes"
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `MAX_JSON_BODY_BYTES` (declared or streamed), except uploads."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_JSON_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_UPLOAD_PATHS):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = RequestTooLargeError()
+            await JSONResponse(error.body(), 413, headers=error.headers())(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # chunked: FastAPI re-raises HTTPException as is
+                    raise HTTPException(413, RequestTooLargeError.default_detail)
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 class FalCORSMiddleware(CORSMiddleware):
@@ -183,7 +237,7 @@ class Maintenance:
             else:
                 status = "ERROR"
                 payload = {"detail": job.error.body_detail, "error_type": job.error.error_type}
-                error = f"Invalid status code: {job.error.status_code}"
+                error = f"Invalid status code: {replay_status(job.error)[0]}"
             assert job.webhook_url is not None
             dispatcher.enqueue(
                 job.webhook_url,
@@ -279,6 +333,7 @@ def create_app(settings: ServerSettings | None = None, *, store: JobStore | None
         if router is not None:
             app.include_router(router)
 
+    app.add_middleware(BodyLimitMiddleware)  # inside CORS: browsers can read its 413
     app.add_middleware(
         FalCORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -1,5 +1,5 @@
 """`ovi serve` and `ovi worker`: the server's subcommands, registered on the `ovi` CLI by
-`add_serve_commands(subparsers)` (also runnable alone: `python -m server.serve_cli serve ...`).
+`add_serve_commands(subparsers)`.
 
 Flags override `OVI_*` environment variables, which override the `--config` TOML file; see
 `server/settings.py` for every setting.
@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import sys
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +76,15 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return load_settings(config_file=args.config, **overrides)
 
 
+def check_weights(settings: Any) -> None:
+    """Fail before starting when a real variant's files are missing (the error names the file
+    and the command that fetches it), instead of workers failing to load in a loop."""
+    if settings.preset is None:
+        from model.weights import resolve_files
+
+        resolve_files(settings.weights_dir, settings.variant, fp8=settings.fp8)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -85,6 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     settings.check_bind_policy()  # ValueError -> "error: ..." from the CLI
+    if settings.workers > 0:
+        check_weights(settings)
     scheme = "https" if settings.tls_cert else "http"
     log.info(
         "serving %s on %s://%s:%s (data %s, %d worker(s))",
@@ -114,6 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from server.worker import run_worker
 
     settings = settings_from_args(args)
+    check_weights(settings)
     logging.basicConfig(level=settings.log_level.upper())
     worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
     try:
@@ -139,21 +149,3 @@ def add_serve_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_settings_flags(worker, network=False)
     worker.set_defaults(func=cmd_worker)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ovi")
-    add_serve_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

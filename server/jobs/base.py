@@ -67,12 +67,15 @@ class JobError:
 
 
 # The errors the store itself decides (the worker decides the rest, see server/worker.py).
+# Status codes are chosen so neither fal client retries a final answer: the JS client retries
+# 429/502/503/504 (re-POSTing a whole `fal.run`), so a lost worker is a 500, not a 503; the
+# start timeout's 504 carries `X-Fal-Request-Timeout-Type: user`, which both clients honour.
 CANCELLED = JobError("Request was cancelled", "client_cancelled", 499)
 START_TIMEOUT = JobError("Request timed out before it started", "request_timeout", 504)
 WORKER_LOST = JobError(
     "The worker running this request stopped unexpectedly, also on the retry",
     "runner_disconnected",
-    503,
+    500,
 )
 
 

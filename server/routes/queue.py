@@ -40,7 +40,7 @@ from server.errors import (
     RequestNotFoundError,
 )
 from server.fetch import load_image_input
-from server.jobs.base import Job, JobStatus, JobStore, NewJob
+from server.jobs.base import Job, JobError, JobStatus, JobStore, NewJob
 from server.schemas import (
     APPS,
     I2V_APP,
@@ -125,15 +125,28 @@ def absolute_result(result: dict[str, Any], base: str) -> dict[str, Any]:
     return out
 
 
+# Codes one of fal's clients retries (JS: 429/502/503/504, Python: 408/409/429): a final
+# answer must not use them, or `fal.subscribe` waits through backoff and `fal.run` re-submits.
+_RETRIED_CODES = frozenset({408, 409, 429, 502, 503, 504})
+
+
+def replay_status(error: JobError) -> tuple[int, dict[str, str]]:
+    """The status code and extra headers a finished job's error is answered with."""
+    if error.error_type == "request_timeout":  # start deadline: 504, marked as the user's
+        return 504, {"X-Fal-Request-Timeout-Type": "user"}
+    code = error.status_code
+    if code in _RETRIED_CODES or not 400 <= code <= 599:  # e.g. a 503 stored by older versions
+        code = 500
+    return code, {}
+
+
 def raise_for_failed(job: Job) -> None:
     """Replay a failed/cancelled job's stored error as a non-2xx answer."""
     if job.error is None:
         return
-    headers = {}
-    if job.error.error_type == "request_timeout":
-        headers["X-Fal-Request-Timeout-Type"] = "user"
+    status_code, headers = replay_status(job.error)
     raise JobFailedError(
-        status_code=job.error.status_code,
+        status_code=status_code,
         error_type=job.error.error_type,
         detail=job.error.body_detail,
         request_id=job.id,
@@ -301,21 +314,32 @@ async def request_status_stream(
     logs: Annotated[str | None, _LOGS_QUERY] = None,
 ) -> StreamingResponse:
     """Server-sent events: one status object per `data:` line whenever it changes, a `: ping`
-    comment when quiet, closed after COMPLETED."""
+    comment when quiet, closed after COMPLETED (the JS client resolves with the last event).
+
+    With `logs=1` each event carries only the log lines new since the previous event: the JS
+    client concatenates `logs` across events (polling answers carry the full list instead)."""
     settings: ServerSettings = get_app_settings(request)
     with_logs = parse_flag(logs)
     job = await get_job(store, request_id)  # 404 before the stream starts
 
+    def snapshot(sent_logs: int) -> tuple[Job, dict[str, Any], list[dict[str, str]]]:
+        current, body = status_snapshot(store, request_id, queue_base, with_logs=False)
+        entries = store.logs(request_id, since=sent_logs) if with_logs else []
+        new_logs = [e.to_dict() for e in entries]
+        return current, body, new_logs  # logs read after the status: none missed at the end
+
     async def events() -> AsyncIterator[str]:
         last_body = None
+        sent_logs = 0
         last_write = time.monotonic()
         while True:
-            current, body = await to_thread.run_sync(
-                lambda: status_snapshot(store, request_id, queue_base, with_logs=with_logs)
-            )
+            current, body, new_logs = await to_thread.run_sync(snapshot, sent_logs)
             text = json.dumps(body)
-            if text != last_body:
-                yield f"data: {text}\n\n"
+            if text != last_body or (with_logs and new_logs):
+                if with_logs:
+                    body["logs"] = new_logs
+                    sent_logs += len(new_logs)
+                yield f"data: {json.dumps(body)}\n\n"
                 last_body, last_write = text, time.monotonic()
             if current.done:
                 return

@@ -103,7 +103,9 @@ class UploadSigner:
             prefix, payload, mac = token.split(".")
         except ValueError:
             raise InvalidUploadTokenError() from None
-        if prefix != _TOKEN_PREFIX or not hmac.compare_digest(mac, self._mac(payload.encode())):
+        # bytes: compare_digest raises TypeError on non-ASCII str (a 500 for a garbage token)
+        expected = self._mac(payload.encode()).encode()
+        if prefix != _TOKEN_PREFIX or not hmac.compare_digest(mac.encode(), expected):
             raise InvalidUploadTokenError()
         try:
             claims = json.loads(_unb64(payload))

@@ -108,6 +108,10 @@ def test_subscribe_streaming_with_blob_upload(ovi_server, node_client, tmp_path)
     statuses = [s["status"] for s in out["statuses"]]
     assert statuses[-1] == "COMPLETED" and "IN_PROGRESS" in statuses, statuses
     assert max(s["logs"] for s in out["statuses"]) > 0  # step logs arrived over SSE
+    # the client concatenates `logs` across SSE events: each line must arrive exactly once
+    steps = [m for m in out["lastLogs"] if m.startswith("Step ")]
+    assert [m.split()[1] for m in steps] == ["1/3", "2/3", "3/3"], out["lastLogs"]
+    assert len(set(out["lastLogs"])) == len(out["lastLogs"]), out["lastLogs"]
     check_mp4(_download(ovi_server, out["data"]["video"]["url"]))
     uploads = list((ovi_server.data_dir / "files" / "uploads").glob("*/*.png"))
     assert any(p.read_bytes() == image.read_bytes() for p in uploads)

@@ -59,8 +59,19 @@ def test_queue_base_url() -> None:
     s = ServerSettings()
     r = request({"host": "h:1"})
     assert queue_base_url(r, s) == "http://h:1/queue"
-    r.scope["ovi.queue_host"] = True
-    assert queue_base_url(r, s) == "http://h:1"
+    r = request({"host": "queue.h:1"})
+    r.scope["ovi.queue_host"] = True  # what QueueHostMiddleware sets for a `queue.` Host
+    assert queue_base_url(r, s) == "http://queue.h:1"
+    # URLs must work where they point: a public base (or forwarded host) that is not a
+    # `queue.` host does not serve the queue at its root, so keep the /queue prefix there
+    public = ServerSettings(public_base_url="https://ovi.example.com")
+    assert queue_base_url(r, public) == "https://ovi.example.com/queue"
+    public_queue = ServerSettings(public_base_url="https://queue.example.com")
+    assert queue_base_url(r, public_queue) == "https://queue.example.com"
+    trusted = ServerSettings(trusted_proxies=["127.0.0.0/8"])
+    fwd = request({"host": "queue.h:1", "x-forwarded-host": "ovi.example.com"})
+    fwd.scope["ovi.queue_host"] = True
+    assert queue_base_url(fwd, trusted) == "http://ovi.example.com/queue"
 
 
 def test_submit_options() -> None:

@@ -153,7 +153,7 @@ def test_recover_requeues_once_then_fails(store: SqliteJobStore) -> None:
     assert store.claim("w2").id == a.id
     assert store.recover(["w2"], max_attempts=2) == [a.id]
     job = store.get(a.id)
-    assert job.done and job.error == WORKER_LOST and job.error.status_code == 503
+    assert job.done and job.error == WORKER_LOST and job.error.status_code == 500
     assert any("Worker lost" in e.message for e in store.logs(a.id))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from _app import AUTH, RESULT, finish_next, make_settings, running_app, store_of
 
 from server.jobs.base import JobError, JobStatus, NewJob, WorkerInfo
-from server.main import Maintenance
+from server.main import MAX_JSON_BODY_BYTES, Maintenance, QueueHostMiddleware
 
 
 @pytest.fixture()
@@ -49,6 +50,45 @@ def test_cors_exposes_request_id(app_client) -> None:
     )
     assert r.status_code == 200
     assert "x-fal-request-id" in r.headers["access-control-expose-headers"]
+
+
+def test_oversized_bodies_are_413_before_auth(app_client) -> None:
+    client, app = app_client
+    big = b"x" * (MAX_JSON_BODY_BYTES + 1)
+    origin = {"Origin": "https://app.example", "Content-Type": "application/json"}
+    r = client.post("/queue/fal-ai/ovi", content=big, headers=origin)  # no key: still 413
+    assert r.status_code == 413 and r.json()["error_type"] == "request_too_large"
+    assert r.headers["x-fal-error-type"] == "request_too_large"
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(MAX_JSON_BODY_BYTES // (1 << 20) + 1):
+            yield b"x" * (1 << 20)
+
+    r = client.post("/fal-ai/ovi", content=chunks(), headers={**AUTH, **origin})
+    assert r.status_code == 413
+    assert store_of(app).counts() == {"IN_QUEUE": 0, "IN_PROGRESS": 0}
+    ok = client.post("/queue/fal-ai/ovi", json={"prompt": "x" * 1000}, headers=AUTH)
+    assert ok.status_code == 200
+
+
+def test_queue_host_rewrite_tolerates_missing_raw_path() -> None:
+    # raw_path is optional in ASGI (None or absent): the rewrite must not turn that into a 500
+    seen: list[tuple[str, bytes]] = []
+
+    async def inner(scope, receive, send) -> None:
+        seen.append((scope["path"], scope.get("raw_path")))
+
+    for extra in ({"raw_path": None}, {}):
+        scope = {"type": "http", "path": "/fal-ai/ovi", "headers": [(b"host", b"queue.x")]}
+        asyncio.run(QueueHostMiddleware(inner)({**scope, **extra}, None, None))
+    upload = {"type": "http", "path": "/files/upload", "headers": [(b"host", b"queue.x")]}
+    asyncio.run(QueueHostMiddleware(inner)(upload, None, None))  # fal's CDN path stays put
+    assert seen == [
+        ("/queue/fal-ai/ovi", b"/queue/fal-ai/ovi"),
+        ("/queue/fal-ai/ovi", b"/queue/fal-ai/ovi"),
+        ("/files/upload", None),
+    ]
 
 
 def test_openapi_documents_every_endpoint(app_client) -> None:

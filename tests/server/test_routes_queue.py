@@ -12,7 +12,7 @@ from _app import AUTH, RESULT, finish_next, make_settings, running_app, store_of
 
 import server.routes.queue as queue_routes
 from server.fetch import ImageInputError
-from server.jobs.base import JobError
+from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError
 
 Q = "/queue/fal-ai/ovi"
 I2V = "/queue/fal-ai/ovi/image-to-video"
@@ -110,6 +110,32 @@ def test_failed_request_answers_its_error(app_client) -> None:
     assert r.json() == {"detail": "Generation failed: boom", "error_type": "runner_server_error"}
     assert r.headers["x-fal-error-type"] == "runner_server_error"
     assert r.headers["x-fal-request-id"] == rid
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (WORKER_LOST, 500),
+        (JobError("gone", "runner_disconnected", 503), 500),  # as stored by older versions
+        (JobError("bad gateway", "runner_server_error", 502), 500),
+        (JobError("late", "runner_server_error", 504), 500),  # a 504 without the user mark
+        (CANCELLED, 499),
+        (START_TIMEOUT, 504),
+    ],
+)
+def test_failed_results_use_codes_no_client_retries(app_client, error, code) -> None:
+    # @fal-ai/client retries 429/502/503/504 on the result (and re-POSTs fal.run); fal-client
+    # retries 408/409/429. A final failure must be none of these, except the start timeout's 504
+    # marked `X-Fal-Request-Timeout-Type: user`, which neither client retries.
+    client, app = app_client
+    rid = submit(client, headers=AUTH).json()["request_id"]
+    finish_next(store_of(app), error=error)
+    r = client.get(f"{Q}/requests/{rid}", headers=AUTH)
+    assert r.status_code == code
+    assert r.json()["error_type"] == r.headers["x-fal-error-type"] == error.error_type
+    assert r.headers["x-fal-request-id"] == rid
+    if code == 504:
+        assert r.headers["x-fal-request-timeout-type"] == "user"
 
 
 def test_cancel_queued_then_already_completed(app_client) -> None:
@@ -236,8 +262,11 @@ def test_sse_stream_until_completed(app_client) -> None:
     def work() -> None:  # the TestClient hands the body over only once the stream ends
         time.sleep(0.15)
         store.claim("w")
-        store.append_log(rid, "Step 1/1")
+        store.append_log(rid, "Step 1/2")
         time.sleep(0.5)  # longer than the 0.3 s ping interval
+        store.append_log(rid, "Step 2/2")
+        time.sleep(0.1)
+        store.append_log(rid, "Done")
         store.complete(rid, "w", result=RESULT)
 
     worker = threading.Thread(target=work)
@@ -253,8 +282,18 @@ def test_sse_stream_until_completed(app_client) -> None:
     assert statuses[0] == "IN_QUEUE" and statuses[-1] == "COMPLETED"
     assert "IN_PROGRESS" in statuses
     assert set(statuses) <= {"IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
-    assert seen[-1]["logs"][0]["message"] == "Step 1/1"
     assert ": ping" in lines
+    # each event carries only the lines new since the last one: the JS client concatenates them
+    # (onQueueUpdate in streaming mode), so the concatenation is the log, each line once
+    streamed = [entry["message"] for event in seen for entry in event["logs"]]
+    assert streamed == ["Step 1/2", "Step 2/2", "Done"]
+    assert all(
+        set(e) == {"message", "level", "source", "timestamp"} for s in seen for e in s["logs"]
+    )
+    # without logs=1 every event still has the key, as null
+    with client.stream("GET", f"{Q}/requests/{rid}/status/stream", headers=AUTH) as r:
+        done = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["status"] for e in done] == ["COMPLETED"] and done[0]["logs"] is None
 
 
 def test_per_endpoint_openapi(app_client) -> None:

@@ -82,6 +82,15 @@ def test_put_needs_a_valid_unexpired_token(client, settings):
     assert client.put(parts.path + "?token=" + cdn, content=b"x").status_code == 403
 
 
+def test_non_ascii_tokens_are_403_not_500(client):
+    # hmac.compare_digest raises TypeError on non-ASCII str: it must never see one
+    assert (
+        client.put("/storage/upload/put/abc?token=ovi1.x.%C3%A9", content=b"x").status_code == 403
+    )
+    bearer = {"Authorization": "Bearer ovi1.x.\u00e9".encode("latin-1")}
+    assert client.post("/files/upload", content=b"x", headers=bearer).status_code == 403
+
+
 def test_size_cap_and_multipart(client):
     r = client.post("/storage/upload/initiate", json={"file_name": "a.bin"}, headers=AUTH)
     big = client.put(r.json()["upload_url"], content=b"\0" * 1001)

@@ -47,6 +47,7 @@ def test_serve_refuses_open_bind_without_keys(
 ) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr("server.serve_cli.check_weights", lambda settings: None)  # no files here
     with pytest.raises(ValueError, match="without API keys"):
         cmd_serve(parse("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)))
     assert calls == []
@@ -75,3 +76,12 @@ def test_serve_refuses_open_bind_without_keys(
 def test_worker_command_is_registered() -> None:
     args = parse("worker", "--preset", "tiny", "--data-dir", "d")
     assert args.func.__name__ == "cmd_worker"
+
+
+def test_serve_refuses_to_start_without_weight_files(tmp_path, capsys) -> None:
+    from server.cli import main
+
+    code = main(["serve", "--data-dir", str(tmp_path / "data"), "--weights-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "weight file not found" in err and "make weights VARIANT=720x720_5s" in err

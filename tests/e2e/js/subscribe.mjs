@@ -5,11 +5,12 @@
 //   FAL_KEY        API key (optional when the server has none)
 //   OVI_APP        endpoint id (default fal-ai/ovi)
 //   OVI_MODE       "polling" (default) or "streaming"
+//   OVI_CALL       "subscribe" (default) or "run" (fal.run, the sync route)
 //   OVI_INPUT      JSON input
 //   OVI_IMAGE_FILE optional path: sent as a Blob in input.image_url, so the client uploads it
 //                  through /storage/upload/initiate + PUT before submitting
 //
-// Prints one JSON line: {requestId, data, statuses, uploads, requests}.
+// Prints one JSON line: {requestId, data, statuses, lastLogs, requests}.
 import { readFile } from "node:fs/promises";
 import { fal } from "@fal-ai/client";
 
@@ -46,21 +47,28 @@ if (process.env.OVI_IMAGE_FILE) {
 }
 
 const statuses = [];
+let lastLogs = []; // the log messages of the last update, as the client assembled them
 try {
-  const result = await fal.subscribe(app, {
-    input,
-    mode,
-    logs: true,
-    pollInterval: 100,
-    onQueueUpdate: (update) => {
-      statuses.push({ status: update.status, logs: (update.logs || []).length });
-    },
-  });
+  const result =
+    process.env.OVI_CALL === "run"
+      ? await fal.run(app, { input })
+      : await fal.subscribe(app, {
+          input,
+          mode,
+          logs: true,
+          pollInterval: 100,
+          onQueueUpdate: (update) => {
+            const logs = update.logs || [];
+            statuses.push({ status: update.status, logs: logs.length });
+            lastLogs = logs.map((entry) => entry.message);
+          },
+        });
   console.log(
     JSON.stringify({
       requestId: result.requestId,
       data: result.data,
       statuses,
+      lastLogs,
       requests,
     }),
   );
