@@ -5,11 +5,15 @@ DiT's 2x2 patches). Two rules, both matched row by row against `tables/resolutio
 
 - t2v, `snap_hw_to_multiple_of_32`: scale (h, w) by sqrt(area / (h * w)), round to integers,
   then round each side to the nearest multiple of 32 (minimum 32).
-- i2v, `image_target_size`: with h' = h * k and w' = w * k (k = sqrt(area / (h * w))), the
-  candidates are (1) both sides rounded independently to multiples of 32, (2) each multiple
-  of 32 near h' paired with the multiple of 32 nearest to it times the image's aspect ratio,
-  and (3) the same with the roles of the sides swapped. The winner has the smallest
-  |H * W - area|; ties go to the smaller aspect error |log((W / H) / (w / h))|.
+- i2v, `image_target_size` (the official `preprocess_image_tensor`, h_w_multiple_of=32): with
+  the aspect r = w / h and the target in whole 32x32 cells, n = max(1, area // 1024), the
+  candidates are, in this order, (1) seven heights p = max(1, p0 + d) cells for d = -3..3, where
+  p0 = max(1, round(sqrt(n / r))), each with the width max(1, round(p * r)) cells, and (2) both
+  sides scaled by sqrt(area / (h * w)) and rounded on their own to multiples of 32 (minimum 32).
+  The winner has the smallest |H * W - area|, then the smallest |W / H - r|; an exact tie goes
+  to the earlier candidate. This is a fixed, small candidate set, not a search: a size outside
+  it is never chosen even when its area is closer (e.g. 3720x895 at area 3072 gives 32x128,
+  although 32x96 has the exact area). An image already at the chosen size is not resampled.
 
 Rounding is Python's `round` (half to even) throughout; it decides exact halves such as
 720 / 32 = 22.5 (1920x1080 at 960*960 gives 704x1280).
@@ -34,7 +38,7 @@ AREA_TOLERANCE = 0.10  # the engine warns when a t2v request is further than thi
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard: refuse to decode larger images
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
-_NEIGHBOURS = 2  # i2v: multiples of 32 tried on each side of the rounded h' and w'
+_HEIGHT_OFFSETS = range(-3, 4)  # i2v: heights tried around the aspect-derived one, in cells
 
 
 class ImageLoadError(ValueError):
@@ -68,33 +72,27 @@ def area_mismatch(h: int, w: int, area: int) -> bool:
 
 
 def image_target_size(image_w: int, image_h: int, area: int) -> tuple[int, int]:
-    """i2v: the (H, W) an image of image_w x image_h is resized to for a target `area`."""
+    """i2v: the (H, W) an image of image_w x image_h is resized to for a target `area`.
+
+    The official rule (module docstring): a fixed list of candidates, ranked by area error,
+    then aspect error, then list order.
+    """
     _check_positive(image_w=image_w, image_h=image_h, area=area)
-    scale = math.sqrt(area / (image_w * image_h))
-    h_units, w_units = image_h * scale / MULTIPLE, image_w * scale / MULTIPLE  # h', w' / 32
-    aspect = image_w / image_h  # W / H, for the tie-break
+    aspect = image_w / image_h  # W / H
+    cells = max(1, area // (MULTIPLE * MULTIPLE))  # the target area in 32x32 cells
+    p0 = max(1, round(math.sqrt(cells / aspect)))
+    candidates = []
+    for offset in _HEIGHT_OFFSETS:  # (1) heights around p0, widths from the aspect
+        p = max(1, p0 + offset)
+        candidates.append((p * MULTIPLE, max(1, round(p * aspect)) * MULTIPLE))
+    scale = math.sqrt(area / (image_h * image_w))  # (2) both sides scaled, rounded on their own
+    candidates.append((_round_to_multiple(image_h * scale), _round_to_multiple(image_w * scale)))
 
-    def units(x: float) -> int:
-        return max(1, round(x))
+    def score(hw: tuple[int, int]) -> tuple[int, float]:
+        h, w = hw
+        return abs(h * w - area), abs(w / h - aspect)
 
-    candidates = {(units(h_units), units(w_units))}  # (1) both sides rounded on their own
-    for n in range(units(h_units) - _NEIGHBOURS, units(h_units) + _NEIGHBOURS + 1):
-        if n >= 1:
-            candidates.add(
-                (n, units(n * image_w / image_h))
-            )  # (2) height first, width from the aspect
-    for n in range(units(w_units) - _NEIGHBOURS, units(w_units) + _NEIGHBOURS + 1):
-        if n >= 1:
-            candidates.add(
-                (units(n * image_h / image_w), n)
-            )  # (3) width first, height from the aspect
-
-    def score(hw: tuple[int, int]) -> tuple[int, float, tuple[int, int]]:
-        h, w = hw[0] * MULTIPLE, hw[1] * MULTIPLE
-        return abs(h * w - area), abs(math.log((w / h) / aspect)), hw  # hw: a total order
-
-    best_h, best_w = min(candidates, key=score)
-    return best_h * MULTIPLE, best_w * MULTIPLE
+    return min(candidates, key=score)  # min keeps the first of equal scores
 
 
 # -- image decoding ----------------------------------------------------------------------------
@@ -188,6 +186,8 @@ def preprocess_image(image: Image.Image, area: int) -> torch.Tensor:
     height, width = image_target_size(rgb.width, rgb.height, area)
     pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # [h, w, 3]
     x = pixels.permute(2, 0, 1)[None].to(torch.float32) / 255.0 * 2 - 1  # [1, 3, h, w]
+    if (height, width) == (rgb.height, rgb.width):
+        return x  # the official code resizes only when the size changes
     return F.interpolate(
         x, size=(height, width), mode="bicubic", align_corners=False, antialias=False
     )

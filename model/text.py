@@ -12,7 +12,9 @@ import ftfy
 # Both matches are case-sensitive and let "." cross newlines.
 _AUDIO_COLON = re.compile(r"Audio:\s*(.*)", re.DOTALL)
 _AUDCAP = re.compile(r"<AUDCAP>(.*?)<ENDAUDCAP>", re.DOTALL)
-_WHITESPACE = re.compile(r"\s+")
+# The official cleaner uses the `regex` package, whose \s is Unicode White_Space: Python's `re`
+# \s also matches the separators U+001C..U+001F, which are not White_Space. Otherwise equal.
+_WHITESPACE = re.compile(r"[^\S\x1c-\x1f]+")
 
 
 def format_prompt(prompt: str, style: str) -> str:

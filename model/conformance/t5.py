@@ -27,8 +27,9 @@ def run(case_dir: Path) -> list[Check]:
     ids, mask = inputs["ids"], inputs["mask"]  # [B, L] int64 each
 
     overrides = {"text_len": ids.shape[1]}
-    if _MAX_DISTANCE_KEY in case:
-        overrides["max_distance"] = case[_MAX_DISTANCE_KEY]
+    for where in (case, case["config"]):  # top level in the public case; accept it in config too
+        if _MAX_DISTANCE_KEY in where:
+            overrides["max_distance"] = where[_MAX_DISTANCE_KEY]
     if "eps" in case["config"]:
         overrides["eps"] = case["config"]["eps"]
     config = T5Config.from_official(case["config"], **overrides)

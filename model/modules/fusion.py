@@ -312,7 +312,8 @@ class FusionCrossAttention(SelfAttention):
         self.k_fusion = nn.Linear(target_dim, dim)
         self.v_fusion = nn.Linear(target_dim, dim)
         self.pre_attn_norm_fusion = LayerNorm(target_dim, eps=FUSION_NORM_EPS)
-        self.norm_k_fusion = RMSNorm(dim, FUSION_NORM_EPS)
+        # like norm_q/norm_k, present only with qk_norm (the official injection does the same)
+        self.norm_k_fusion = RMSNorm(dim, FUSION_NORM_EPS) if qk_norm else nn.Identity()
 
     def forward(  # type: ignore[override]
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -184,3 +185,16 @@ def test_full_size_layout_on_meta():
     assert len(consumed) == layout["num_tensors"] == 2073
     assert count_elements(consumed) == layout["num_params"] == 11_660_753_108
     assert all(t.is_meta and t.dtype == torch.bfloat16 for t in consumed.values())
+
+
+@torch.no_grad()
+def test_qk_norm_off_has_no_fusion_key_norm():
+    """Without qk_norm the official model has no norm_k_fusion (like norm_q / norm_k)."""
+    towers = {name: dataclasses.replace(t, qk_norm=False) for name, t in
+              (("video", CONFIG.video), ("audio", CONFIG.audio))}  # fmt: skip
+    config = FusionConfig(**towers)
+    state = random_fusion_state(config, seed=1)
+    assert not any("norm_k_fusion" in k or "norm_q" in k for k in state)
+    model = load_fusion(state, config, source="random", dtype=torch.float32)
+    video, audio = model(**_inputs())
+    assert torch.isfinite(video).all() and torch.isfinite(audio).all()

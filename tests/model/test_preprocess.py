@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -86,13 +87,37 @@ def test_snap_t2v():
         ((1920, 1080), 960 * 960, (704, 1280)),  # 720 / 32 = 22.5 rounds to even
         ((1024, 768), 720 * 720, (608, 832)),  # each side rounded on its own
         ((300, 2000), 720 * 720, (1824, 288)),  # a height-first candidate is closer in area
+        ((2000, 300), 720 * 720, (288, 1856)),  # not the transpose: heights are the candidates
         ((50, 37), 3072, (32, 64)),
+        # the official candidate list is small: closer areas outside it are never chosen
+        ((3720, 895), 3072, (32, 128)),  # 32x96 would be exact
+        ((11, 19), 4096, (64, 32)),  # area tie with 96x64, the aspect error decides
+        ((8, 82), 2048, (64, 32)),
+        ((1, 1), 100, (32, 32)),  # fewer than one 32x32 cell: one cell
     ],
 )
 def test_image_target_size(image_wh, area, expected_hw):
     assert image_target_size(*image_wh, area) == expected_hw
-    h, w = expected_hw
-    assert image_target_size(image_wh[1], image_wh[0], area) == (w, h)  # transposed input
+
+
+def test_image_target_size_is_the_official_rule():
+    """Against the rule restated independently in heldout_gen.py, on random sizes and areas."""
+    import random
+
+    from heldout_gen import official_i2v_size
+
+    rng = random.Random(0)
+    for area in (3072, 4096, 2048, 12345, 518400, 921600):
+        for _ in range(500):
+            w, h = rng.randint(1, 4000), rng.randint(1, 4000)
+            assert image_target_size(w, h, area) == official_i2v_size(w, h, area), (w, h, area)
+
+
+def test_preprocess_image_keeps_an_image_already_at_size():
+    image = _two_halves((64, 32))
+    pixels = preprocess_image(image, 2048)  # 64x32 is the target: no resampling
+    expected = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    assert torch.equal(pixels, expected)
 
 
 def test_preprocess_image_shape_and_range():

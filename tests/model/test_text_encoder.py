@@ -173,3 +173,20 @@ def test_random_state_is_seeded_and_in_the_file_format():
     assert {k: tuple(v.shape) for k, v in a.items()} == wan_t5_shapes(TINY)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["norm.weight"], random_t5_state(TINY, seed=4)["norm.weight"])
+
+
+def test_conformance_t5_reads_max_distance_inside_config_too(tmp_path):
+    """The public case has relative_attention_max_distance at the top level; a case that keeps it
+    in `config` must be read the same way (a wrong distance changes the bucket table)."""
+    case_dir = tmp_path / "t5"
+    case_dir.mkdir()
+    for f in (REFERENCE / "t5").glob("*.safetensors"):
+        (case_dir / f.name).symlink_to(f)
+    case = json.loads((REFERENCE / "t5" / "case.json").read_text())
+    distance = case.pop("relative_attention_max_distance")
+    case["config"]["relative_attention_max_distance"] = distance
+    (case_dir / "case.json").write_text(json.dumps(case))
+    assert all(c.passed for c in run_case("t5", case_dir))
+    case["config"]["relative_attention_max_distance"] = 9  # used, hence a mismatch
+    (case_dir / "case.json").write_text(json.dumps(case))
+    assert not all(c.passed for c in run_case("t5", case_dir))
