@@ -7,6 +7,7 @@ SSL_CERT_FILE and FAL_KEY (see `Server.client_env`).
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -152,3 +154,23 @@ def check_mp4(data: bytes, *, frames: int = 121) -> None:
         video = container.streams.video[0]
         count = sum(1 for _ in container.decode(video))
     assert count == frames, f"{count} frames"
+
+
+def run_client_script(
+    server: Server, script: str, name: str, *args: str, timeout: float = 180
+) -> Any:
+    """Run `script` (a test module that doubles as a fal-client program) in a fresh Python with
+    only the client environment the README gives; return the JSON on its last output line."""
+    proc = subprocess.run(
+        [sys.executable, script, name, *args],
+        env=server.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"scenario {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
+            f"--- server log ---\n{server.log_tail()}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -8,31 +8,18 @@ run as a script (`python test_fal_python_client.py SCENARIO`), printing one JSON
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
 
-from _e2e import check_mp4
+from _e2e import check_mp4, run_client_script
 
 I2V = "fal-ai/ovi/image-to-video"
 T2V = "fal-ai/ovi"
 
 
-def run_scenario(server, name: str, *args: str, timeout: float = 180) -> Any:
-    proc = subprocess.run(
-        [sys.executable, __file__, name, *args],
-        env=server.client_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"scenario {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
-            f"--- server log ---\n{server.log_tail()}"
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_scenario(server, name: str, *args: str) -> Any:
+    return run_client_script(server, __file__, name, *args)
 
 
 def download(server, url: str) -> bytes:

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from typing import Any
 
-from _e2e import check_mp4
+from _e2e import check_mp4, run_client_script
 
 I2V = "fal-ai/ovi/image-to-video"
 
 
-def run_scenario(server, name: str, *args: str, timeout: float = 180) -> Any:
-    proc = subprocess.run(
-        [sys.executable, __file__, name, *args],
-        env=server.client_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"scenario {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
-            f"--- server log ---\n{server.log_tail()}"
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_scenario(server, name: str, *args: str) -> Any:
+    return run_client_script(server, __file__, name, *args)
 
 
 def test_upload_file_then_generate(ovi_server, tmp_path) -> None:
