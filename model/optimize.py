@@ -18,14 +18,18 @@ float32 against the untransformed model, on the tiny preset and on the reference
 | `vae_skip_upcasts`               | Wan VAE: no fp32 round trip in nearest upsampling     | on for bf16     |
 |                                  | (exact) and in the RMS norms (bf16 rounding)          |                 |
 | `BlockOffload`                   | layer weights in pinned host memory, streamed into    | opt-in          |
-|                                  | two device slots one layer ahead (side stream)        |                 |
-| `enable_fp8`                     | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in          |
+| (`FastPath.block_offload`)       | two device slots one layer ahead (side stream)        |                 |
+| `enable_fp8` (`FastPath.fp8`)    | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in, CUDA    |
 |                                  | per-tensor scales                                     |                 |
 | `check_attention_backends`       | startup check of the CUDA SDPA backends (and FA3)     | CUDA on         |
 
 Order: fuse, then fp8 (it quantises the fused linears), then offload (it streams whatever
 parameters the blocks hold), then compile. `reference_style(model)` temporarily undoes the
 transforms for the benchmark's comparison path.
+
+The pipeline's `batch_cfg` / `block_offload` / `fp8_compute` keywords switch the matching
+`FastPath` fields on; where no fast path is on (CPU by default, or `fast_path=False`) they go on
+top of `PLAIN_PATH`, which transforms nothing else.
 """
 
 from __future__ import annotations
@@ -63,19 +67,45 @@ class FastPath:
     compile_mode: str | None = None
     batch_cfg: bool = False
     vae_skip_upcasts: bool = True  # only acts on a bf16/fp16 VAE
-    fp8: bool = False
+    fp8: bool = False  # fp8 compute (CUDA only through the pipeline)
+    block_offload: bool = False
     check_attention: bool = True
 
 
+# No transform: the base that the pipeline's memory/batching keywords go on when the fast path
+# is off (e.g. on CPU, where the plain float32 path is the one conformance checks).
+PLAIN_PATH = FastPath(
+    fuse_projections=False, compile=False, vae_skip_upcasts=False, check_attention=False
+)
+
+
 def resolve_fast_path(
-    fast_path: bool | FastPath | None, device: torch.device | str
+    fast_path: bool | FastPath | None,
+    device: torch.device | str,
+    *,
+    batch_cfg: bool = False,
+    block_offload: bool = False,
+    fp8_compute: bool = False,
 ) -> FastPath | None:
-    """None: the fast path on CUDA, none on CPU (CPU stays the plain path conformance checks)."""
+    """None: the fast path on CUDA, none on CPU (CPU stays the plain path conformance checks).
+
+    `batch_cfg`, `block_offload`, `fp8_compute`: switch those on, on top of the resolved config
+    (or of `PLAIN_PATH` where it is None). fp8 compute on a non-CUDA device is a ValueError.
+    """
+    device = torch.device(device)
     if isinstance(fast_path, FastPath):
-        return fast_path
-    if fast_path is None:
-        fast_path = torch.device(device).type == "cuda"
-    return FastPath() if fast_path else None
+        config: FastPath | None = fast_path
+    else:
+        on = device.type == "cuda" if fast_path is None else fast_path
+        config = FastPath() if on else None
+    modes = {"batch_cfg": batch_cfg, "block_offload": block_offload, "fp8": fp8_compute}
+    if any(modes.values()):
+        config = replace(config or PLAIN_PATH, **{k: True for k, v in modes.items() if v})
+    if config is not None and config.fp8 and device.type != "cuda":
+        raise ValueError(
+            f"fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is {device}"
+        )
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,13 +596,17 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 def optimize_fusion(
     model: FusionModel, config: FastPath | None = None, device: torch.device | str | None = None
 ) -> FusionModel:
-    """Apply `config` (default `FastPath()`) to a loaded fusion model, in place; idempotent."""
+    """Apply `config` (default `FastPath()`) to a loaded fusion model, in place; idempotent.
+
+    With `block_offload`, `device` is where the layers compute (the model may sit on the CPU)."""
     config = config or FastPath()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if config.fuse_projections:
         fuse_projections(model)
     if config.fp8 and not any(isinstance(m, Fp8Linear) for m in model.modules()):
         enable_fp8(model)
+    if config.block_offload and model.offload is None:
+        enable_block_offload(model, device)  # after fp8: it streams the quantised weights
     if config.check_attention:
         check_attention_backends(device, model.dtype, model.config.video.head_dim)
     compile_on = device.type == "cuda" if config.compile is None else config.compile

@@ -44,7 +44,7 @@ from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
-from .optimize import FastPath, optimize_pipeline
+from .optimize import FastPath, optimize_pipeline, resolve_fast_path
 from .preprocess import (
     area_mismatch,
     image_target_size,
@@ -195,9 +195,19 @@ class OviPipeline:
         dtype: torch.dtype | None = None,
         cpu_offload: bool = False,
         fast_path: bool | FastPath | None = None,
+        batch_cfg: bool = False,
+        block_offload: bool = False,
+        fp8_compute: bool = False,
     ) -> None:
         """fast_path: `model/optimize.py`'s transforms; None = on for CUDA, off on CPU (the
-        plain float32 path conformance checks); True/False or a `FastPath` to choose."""
+        plain float32 path conformance checks); True/False or a `FastPath` to choose.
+
+        batch_cfg: both CFG passes as one batch. block_offload: the fusion DiT's layers stay in
+        (pinned) host memory and stream to the device one layer ahead; only its non-block
+        weights and two layer slots live on the device, and the other components use
+        component offload (`cpu_offload`). fp8_compute: the block linears as float8
+        `torch._scaled_mm` (CUDA only: a ValueError elsewhere). Each switches the matching
+        `FastPath` field on (see `resolve_fast_path`)."""
         self.preset = preset
         self.text_encoder = text_encoder
         self.fusion = fusion
@@ -207,12 +217,17 @@ class OviPipeline:
         self.device = torch.device(device) if device is not None else _default_device()
         # bf16 on GPU as the official release; fp32 on CPU (bf16 matmuls are slow there).
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.cpu_offload = cpu_offload
+        config = resolve_fast_path(
+            fast_path, self.device, batch_cfg=batch_cfg, block_offload=block_offload,
+            fp8_compute=fp8_compute,
+        )  # fmt: skip
+        # block offload: the DiT stays on the host (BlockOffload places it), the rest offloads
+        self.cpu_offload = cpu_offload or (config is not None and config.block_offload)
         self._components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
-        home = torch.device("cpu") if cpu_offload else self.device
+        home = torch.device("cpu") if self.cpu_offload else self.device
         for module in self._components:
             module.to(home).eval()
-        self.fast_path = optimize_pipeline(self, fast_path)
+        self.fast_path = optimize_pipeline(self, config if config is not None else False)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -228,20 +243,27 @@ class OviPipeline:
         cpu_offload: bool = False,
         fp8: bool = False,
         fast_path: bool | FastPath | None = None,
+        batch_cfg: bool = False,
+        block_offload: bool = False,
+        fp8_compute: bool = False,
     ) -> OviPipeline:
         """Load a real variant from `weights_dir` (the layout `make weights` creates).
 
         `fp8` loads the float8_e4m3fn fusion file (half the disk and host memory); it is
-        computed in bf16. A missing file raises `WeightFileMissingError` naming it and the
+        computed in bf16 unless `fp8_compute`. `batch_cfg`, `block_offload`, `fp8_compute`:
+        see `__init__`. A missing file raises `WeightFileMissingError` naming it and the
         command that fetches it.
         """
         preset = get_preset(variant)
         if preset.random_weights:
             raise ValueError(f"preset {variant!r} has random weights: use OviPipeline.from_preset")
-        files = resolve_files(weights_dir, variant, fp8=fp8)
         device = torch.device(device) if device is not None else _default_device()
+        modes = dict(batch_cfg=batch_cfg, block_offload=block_offload, fp8_compute=fp8_compute)
+        config = resolve_fast_path(fast_path, device, **modes)  # bad ones fail before loading
+        files = resolve_files(weights_dir, variant, fp8=fp8)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        load_to = torch.device("cpu") if cpu_offload else device
+        to_host = cpu_offload or (config is not None and config.block_offload)
+        load_to = torch.device("cpu") if to_host else device
         cfg = preset.config
 
         def read(role: str) -> dict[str, torch.Tensor]:
@@ -272,7 +294,7 @@ class OviPipeline:
         )
         return cls(
             preset, text_encoder, fusion, video_vae, audio_vae, vocoder,
-            device=device, dtype=dtype, cpu_offload=cpu_offload, fast_path=fast_path,
+            device=device, dtype=dtype, cpu_offload=cpu_offload, fast_path=fast_path, **modes,
         )  # fmt: skip
 
     @classmethod
@@ -284,25 +306,36 @@ class OviPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         fast_path: bool | FastPath | None = None,
+        batch_cfg: bool = False,
+        block_offload: bool = False,
+        fp8_compute: bool = False,
     ) -> OviPipeline:
-        """Build a random-weight preset (e.g. `tiny`) through the same load paths as real files."""
+        """Build a random-weight preset (e.g. `tiny`) through the same load paths as real files.
+
+        `batch_cfg`, `block_offload`, `fp8_compute`: see `__init__`."""
         preset = get_preset(name)
         if not preset.random_weights:
             raise ValueError(
                 f"preset {name!r} needs its weight files: use OviPipeline.from_pretrained(weights_dir, variant={name!r})"
             )
         device = torch.device(device) if device is not None else torch.device("cpu")
+        modes = dict(batch_cfg=batch_cfg, block_offload=block_offload, fp8_compute=fp8_compute)
+        resolve_fast_path(fast_path, device, **modes)  # bad combinations fail before building
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         cfg = preset.config
-        tokenizer_dir = Path(tempfile.mkdtemp(prefix="ovi-tiny-tokenizer-"))
-        build_tiny_tokenizer(tokenizer_dir, cfg.t5.vocab)
-        text_encoder = TextEncoder(
-            load_t5(
-                random_t5_state(cfg.t5, seed), cfg.t5, source="random", dtype=dtype, device=device
-            ),
-            tokenizer_dir=tokenizer_dir,
-            text_len=cfg.t5.text_len,
-        )
+        with tempfile.TemporaryDirectory(prefix="ovi-tiny-tokenizer-") as tokenizer_dir:
+            build_tiny_tokenizer(Path(tokenizer_dir), cfg.t5.vocab)  # loaded eagerly below
+            text_encoder = TextEncoder(
+                load_t5(
+                    random_t5_state(cfg.t5, seed),
+                    cfg.t5,
+                    source="random",
+                    dtype=dtype,
+                    device=device,
+                ),
+                tokenizer_dir=tokenizer_dir,
+                text_len=cfg.t5.text_len,
+            )
         fusion = load_fusion(
             random_fusion_state(cfg.fusion, seed + 1),
             cfg.fusion,
@@ -328,7 +361,7 @@ class OviPipeline:
         )
         return cls(
             preset, text_encoder, fusion, video_vae, audio_vae, vocoder, device=device, dtype=dtype,
-            fast_path=fast_path,
+            fast_path=fast_path, **modes,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------
@@ -512,8 +545,9 @@ class OviPipeline:
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[None]:
-        """With cpu_offload, move one component to the compute device only while it runs."""
-        if not self.cpu_offload:
+        """With cpu_offload, move one component to the compute device only while it runs.
+        A block-offloaded DiT is never moved whole: its `BlockOffload` streams the layers."""
+        if not self.cpu_offload or (module is self.fusion and self.fusion.offload is not None):
             yield
             return
         module.to(self.device)

@@ -25,6 +25,18 @@ All three end on sigma 0 (`final_sigmas_type="zero"` where the class has the opt
 against the official schedulers (`tests/fixtures/reference/sampler`): timesteps and sigmas are
 identical; stepping agrees to float32 rounding (max abs 7e-7 for unipc 6 steps and dpm++ 30
 steps, 2.9e-6 for unipc 50 steps; euler bit-identical).
+
+Host syncs. `make_scheduler` sets the step index once (`set_begin_index(0)`), so no step looks
+its timestep up by value (diffusers' `index_for_timestep`: a `nonzero` and an `.item()` on the
+first step). The UniPC step copies 0-dim CPU sigmas to the sample's device with blocking copies
+(5-6 per step); `FlowScheduler.step` moves the sigma table to the sample's device once, on the
+first step, so those copies become no-ops with the same float32 values. What still syncs: the
+order-2 corrector's `torch.linalg.solve(R, b)` (its error check reads the device), once per step
+from the third step on; dpm++ and euler do their scalar math on CPU sigmas and copy nothing.
+
+Index 0 is where diffusers' lookup starts too, except where the int64 timesteps repeat at the
+top (unipc, shift 5, 251+ steps): there the lookup took index 1 and the last step failed an
+assertion; with index 0 those runs complete.
 """
 
 from __future__ import annotations
@@ -81,9 +93,13 @@ class FlowScheduler:
     ) -> torch.Tensor:
         """Advance `sample` one step. Pass this scheduler's own `timesteps[i]`, in order.
 
-        The first call locates its index from the timestep value; every later call advances
-        the index by one, so steps must not be skipped or repeated.
+        The index starts at 0 (`set_begin_index`) and every call advances it by one, whatever
+        `timestep` says, so steps must not be skipped or repeated.
         """
+        sigmas = self.scheduler.sigmas
+        if self.solver == "unipc" and sigmas.device != sample.device:
+            # one copy now instead of blocking 0-dim copies inside every UniPC step
+            self.scheduler.sigmas = sigmas.to(sample.device)
         return self.scheduler.step(model_output, timestep, sample, return_dict=False)[0]
 
     def __repr__(self) -> str:
@@ -154,4 +170,6 @@ def make_scheduler(solver: str, steps: int, shift: float) -> FlowScheduler:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift!r}")
-    return FlowScheduler(solver, BUILDERS[solver](steps, float(shift)))
+    scheduler = BUILDERS[solver](steps, float(shift))
+    scheduler.set_begin_index(0)  # no timestep lookup (host sync) on the first step
+    return FlowScheduler(solver, scheduler)

@@ -57,6 +57,20 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep components on CPU, move each to the GPU while it runs",
     )
+    p.add_argument(
+        "--block-offload",
+        action="store_true",
+        help="stream the DiT's layers from pinned host memory one layer ahead (24-32 GB GPUs);"
+        " the other components use --cpu-offload",
+    )
+    p.add_argument(
+        "--fp8-compute",
+        action="store_true",
+        help="compute the DiT's block linears in float8 (torch._scaled_mm; CUDA only, approximate)",
+    )
+    p.add_argument(
+        "--batch-cfg", action="store_true", help="run both guidance passes as one batch of 2"
+    )
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -102,14 +116,18 @@ def _load_pipeline(args: argparse.Namespace):
     from model.presets import DEFAULT_VARIANT
     from model.weights import DEFAULT_WEIGHTS_DIR
 
+    modes = dict(
+        batch_cfg=args.batch_cfg, block_offload=args.block_offload, fp8_compute=args.fp8_compute
+    )
     if args.preset:
-        return OviPipeline.from_preset(args.preset, device=args.device)
+        return OviPipeline.from_preset(args.preset, device=args.device, **modes)
     return OviPipeline.from_pretrained(
         args.weights_dir or DEFAULT_WEIGHTS_DIR,
         args.variant or DEFAULT_VARIANT,
         device=args.device,
         cpu_offload=args.cpu_offload,
         fp8=args.fp8,
+        **modes,
     )
 
 

@@ -26,6 +26,21 @@ def _add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     model.add_argument("--device", help="torch device (default cuda)")
     model.add_argument("--cpu-offload", action="store_true", default=None)
     model.add_argument("--fp8", action="store_true", default=None, help="float8 fusion weights")
+    model.add_argument(
+        "--block-offload",
+        action="store_true",
+        default=None,
+        help="stream the DiT's layers from host memory (24-32 GB GPUs)",
+    )
+    model.add_argument(
+        "--fp8-compute",
+        action="store_true",
+        default=None,
+        help="float8 compute of the DiT's block linears (CUDA only)",
+    )
+    model.add_argument(
+        "--batch-cfg", action="store_true", default=None, help="both guidance passes as one batch"
+    )
     p.add_argument("--data-dir", type=Path, help="job database, inputs, outputs (default ./data)")
     p.add_argument("--config", type=Path, help="TOML settings file (also OVI_CONFIG)")
     p.add_argument("--log-level", help="debug, info, warning, error")
@@ -61,6 +76,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             "device",
             "cpu_offload",
             "fp8",
+            "block_offload",
+            "fp8_compute",
+            "batch_cfg",
             "data_dir",
             "log_level",
             "host",

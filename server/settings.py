@@ -80,6 +80,15 @@ class ServerSettings(BaseSettings):
     )
     cpu_offload: bool = Field(False, description="Keep idle sub-models on the CPU.")
     fp8: bool = Field(False, description="Load the float8 fusion file (computed in bf16).")
+    block_offload: bool = Field(
+        False,
+        description="Stream the DiT's layers from pinned host memory (24-32 GB GPUs); the other"
+        " sub-models then use cpu_offload.",
+    )
+    fp8_compute: bool = Field(
+        False, description="DiT block linears in float8 (torch._scaled_mm; CUDA only)."
+    )
+    batch_cfg: bool = Field(False, description="Both guidance passes as one batch of 2.")
 
     # --- network ---
     host: str = Field("127.0.0.1", description="Bind address.")
@@ -194,6 +203,12 @@ class ServerSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("public_base_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_fp8_compute(self) -> ServerSettings:
+        if self.fp8_compute and (self.device or "").startswith("cpu"):
+            raise ValueError("fp8 compute needs a CUDA GPU: fp8_compute with device cpu")
+        return self
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> ServerSettings:

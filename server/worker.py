@@ -219,14 +219,20 @@ def load_pipeline(settings: ServerSettings, device: str | None = None) -> Any:
     from model.pipeline import OviPipeline
 
     device = device or settings.device
+    modes = dict(
+        batch_cfg=settings.batch_cfg,
+        block_offload=settings.block_offload,
+        fp8_compute=settings.fp8_compute,
+    )
     if settings.preset:
-        return OviPipeline.from_preset(settings.preset, device=device)
+        return OviPipeline.from_preset(settings.preset, device=device, **modes)
     return OviPipeline.from_pretrained(
         settings.weights_dir,
         variant=settings.variant,
         device=device,
         cpu_offload=settings.cpu_offload,
         fp8=settings.fp8,
+        **modes,
     )
 
 

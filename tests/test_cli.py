@@ -185,3 +185,38 @@ def test_clear_errors_not_tracebacks(tmp_path, capsys):
             ]
         )
     assert exc.value.code == 2
+
+
+def test_memory_and_batching_flags_reach_the_pipeline(monkeypatch, tmp_path):
+    from model.pipeline import OviPipeline
+    from server.cli import _load_pipeline, build_parser
+
+    seen = {}
+
+    def record(kind):
+        def build(*args, **kwargs):
+            seen[kind] = (args, kwargs)
+            return "pipe"
+
+        return build
+
+    monkeypatch.setattr(OviPipeline, "from_preset", record("preset"))
+    monkeypatch.setattr(OviPipeline, "from_pretrained", record("pretrained"))
+    parser = build_parser()
+    base = ["--prompt", "x", "--out", str(tmp_path / "o.mp4")]
+    args = parser.parse_args(["generate", *base, "--preset", "tiny"])
+    assert (args.block_offload, args.fp8_compute, args.batch_cfg) == (False, False, False)
+    flags = ["--block-offload", "--fp8-compute", "--batch-cfg"]
+    assert _load_pipeline(parser.parse_args(["generate", *base, "--preset", "tiny", *flags]))
+    modes = dict(batch_cfg=True, block_offload=True, fp8_compute=True)
+    assert seen["preset"] == (("tiny",), dict(device=None, **modes))
+    args = parser.parse_args(["batch", "p.csv", "--out-dir", str(tmp_path), "--fp8", *flags])
+    _load_pipeline(args)
+    kwargs = seen["pretrained"][1]
+    assert {k: kwargs[k] for k in modes} == modes and kwargs["fp8"] and not kwargs["cpu_offload"]
+
+
+def test_fp8_compute_on_cpu_is_an_error_line(tmp_path, capsys):
+    argv = ["generate", "--preset", "tiny", "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
+    assert main([*argv, "--device", "cpu", "--fp8-compute"]) == 2
+    assert capsys.readouterr().err.startswith("error: fp8 compute needs a CUDA GPU")

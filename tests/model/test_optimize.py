@@ -6,6 +6,8 @@ approximation by design, has its own looser bound). Block offload is exact (same
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -452,3 +454,85 @@ def test_pipeline_fast_path_flag(tiny_pipeline: OviPipeline):
     b = fast("waves on a beach", steps=2, seed=11)
     assert np.abs(a.video.astype(int) - b.video.astype(int)).max() <= 1
     assert _rel(torch.from_numpy(b.audio), torch.from_numpy(a.audio)) < 1e-4
+
+
+# --- memory modes through the pipeline ----------------------------------------------------------
+
+
+def test_memory_mode_keywords_resolve_onto_fast_path():
+    plain_offload = opt.resolve_fast_path(None, "cpu", block_offload=True)
+    assert plain_offload == replace(opt.PLAIN_PATH, block_offload=True)
+    assert opt.resolve_fast_path(None, "cuda", batch_cfg=True) == opt.FastPath(batch_cfg=True)
+    both = opt.resolve_fast_path(False, "cuda", block_offload=True, fp8_compute=True)
+    assert both == replace(opt.PLAIN_PATH, block_offload=True, fp8=True)
+    custom = opt.FastPath(compile=False)
+    assert opt.resolve_fast_path(custom, "cuda", fp8_compute=True) == replace(custom, fp8=True)
+    for kwargs in (dict(fast_path=None, fp8_compute=True), dict(fast_path=opt.FastPath(fp8=True))):
+        with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
+            opt.resolve_fast_path(device="cpu", **kwargs)
+
+
+def test_fp8_compute_on_cpu_is_a_clear_error_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
+        OviPipeline.from_preset("tiny", fp8_compute=True)
+    # before any weight file is looked for (the folder is empty)
+    with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
+        OviPipeline.from_pretrained(tmp_path, "720x720_5s", device="cpu", fp8_compute=True)
+
+
+def _generate_with_latents(pipe: OviPipeline, **kwargs):
+    """Run the pipeline and keep the final latents it decodes."""
+    seen = {}
+    decode = pipe.decode
+
+    def keep(video, audio):
+        seen["video"], seen["audio"] = video.clone(), audio.clone()
+        return decode(video, audio)
+
+    pipe.decode = keep
+    try:
+        out = pipe("waves on a beach", steps=3, seed=11, **kwargs)
+    finally:
+        del pipe.decode
+    return out, seen
+
+
+def test_pipeline_block_offload_equals_plain(tiny_pipeline: OviPipeline):
+    pipe = OviPipeline.from_preset("tiny", block_offload=True)
+    assert isinstance(pipe.fusion.offload, opt.BlockOffload)
+    assert pipe.fast_path == replace(opt.PLAIN_PATH, block_offload=True)
+    assert pipe.cpu_offload  # T5 and the VAEs: component offload
+    block_param = pipe.fusion.video_model.blocks[1].ffn[0].weight
+    for slg_layer in (-1, 1):  # skip-layer guidance off, on
+        ref, ref_latents = _generate_with_latents(tiny_pipeline, slg_layer=slg_layer)
+        out, latents = _generate_with_latents(pipe, slg_layer=slg_layer)
+        for name in ("video", "audio"):
+            assert _rel(latents[name], ref_latents[name]) < 1e-6
+        assert np.array_equal(out.video, ref.video)
+        assert _rel(torch.from_numpy(out.audio), torch.from_numpy(ref.audio)) < 1e-6
+    # _on_device left the DiT alone: its block weights are the offload's host copies again
+    assert any(block_param.data_ptr() == h.data_ptr() for h in pipe.fusion.offload.host[1])
+
+
+def test_pipeline_batch_cfg_keyword(tiny_pipeline: OviPipeline):
+    pipe = OviPipeline.from_preset("tiny", batch_cfg=True)
+    assert pipe.fast_path == replace(opt.PLAIN_PATH, batch_cfg=True)
+    ref, ref_latents = _generate_with_latents(tiny_pipeline)
+    out, latents = _generate_with_latents(pipe)
+    for name in ("video", "audio"):
+        assert _rel(latents[name], ref_latents[name]) < TOL
+
+
+@needs_scaled_mm
+def test_fp8_then_block_offload_equals_fp8_alone(expected):
+    fp8_only = opt.optimize_fusion(_tiny_model(), replace(opt.PLAIN_PATH, fp8=True), "cpu")
+    both = opt.optimize_fusion(
+        _tiny_model(), replace(opt.PLAIN_PATH, fp8=True, block_offload=True), "cpu"
+    )
+    assert isinstance(both.offload, opt.BlockOffload)
+    assert isinstance(both.video_model.blocks[0].self_attn.q, opt.Fp8Linear)
+    with torch.no_grad():
+        for variant in VARIANTS:
+            ref = fp8_only(**_inputs(), **variant)
+            out = both(**_inputs(), **variant)
+            assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))

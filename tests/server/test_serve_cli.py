@@ -85,3 +85,13 @@ def test_serve_refuses_to_start_without_weight_files(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert "weight file not found" in err and "make weights VARIANT=720x720_5s" in err
+
+
+def test_memory_mode_flags_become_settings() -> None:
+    s = settings_from_args(parse("worker", "--preset", "tiny"))
+    assert (s.block_offload, s.fp8_compute, s.batch_cfg) == (False, False, False)
+    args = parse(
+        "serve", "--preset", "tiny", "--block-offload", "--fp8-compute", "--batch-cfg",
+    )  # fmt: skip
+    s = settings_from_args(args)
+    assert s.block_offload and s.fp8_compute and s.batch_cfg

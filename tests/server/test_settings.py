@@ -76,3 +76,15 @@ def test_bind_policy() -> None:
     ServerSettings(host="0.0.0.0", api_keys=["k"]).check_bind_policy()
     ServerSettings(host="0.0.0.0", allow_unauthenticated=True).check_bind_policy()
     assert is_loopback_host("localhost") and not is_loopback_host("example.com")
+
+
+def test_memory_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ServerSettings()
+    assert (s.block_offload, s.fp8_compute, s.batch_cfg) == (False, False, False)
+    monkeypatch.setenv("OVI_BLOCK_OFFLOAD", "1")
+    monkeypatch.setenv("OVI_BATCH_CFG", "true")
+    s = ServerSettings()
+    assert s.block_offload and s.batch_cfg and not s.fp8_compute
+    assert ServerSettings(fp8_compute=True, device="cuda:1").fp8_compute
+    with pytest.raises(ValidationError, match="fp8 compute needs a CUDA GPU"):
+        ServerSettings(fp8_compute=True, device="cpu")

@@ -225,3 +225,37 @@ def test_supervisor_requeues_once_then_fails(tmp_path: Path) -> None:
     assert done.error == WORKER_LOST, done
     assert done.attempts == 2
     assert any("re-queued" in e.message for e in store.logs(job.id))
+
+
+# --- building the pipeline ---
+
+
+def test_load_pipeline_passes_the_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.pipeline import OviPipeline
+    from server.worker import load_pipeline
+
+    seen = {}
+
+    def from_pretrained(weights_dir, **kwargs):
+        seen.update(kwargs, weights_dir=weights_dir)
+        return "pipe"
+
+    monkeypatch.setattr(OviPipeline, "from_pretrained", from_pretrained)
+    settings = ServerSettings(
+        weights_dir=Path("w"), variant="960x960_5s", cpu_offload=True, fp8=True,
+        block_offload=True, fp8_compute=True, batch_cfg=True,
+    )  # fmt: skip
+    assert load_pipeline(settings, device="cuda:1") == "pipe"
+    assert seen == dict(
+        weights_dir=Path("w"), variant="960x960_5s", device="cuda:1", cpu_offload=True,
+        fp8=True, block_offload=True, fp8_compute=True, batch_cfg=True,
+    )  # fmt: skip
+
+
+def test_load_pipeline_tiny_preset_with_block_offload() -> None:
+    from model.optimize import BlockOffload
+    from server.worker import load_pipeline
+
+    pipe = load_pipeline(ServerSettings(preset="tiny", block_offload=True, batch_cfg=True))
+    assert isinstance(pipe.fusion.offload, BlockOffload) and pipe.cpu_offload
+    assert pipe.fast_path.block_offload and pipe.fast_path.batch_cfg
