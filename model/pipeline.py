@@ -416,18 +416,23 @@ class OviPipeline:
             )  # fmt: skip
         return size
 
-    @torch.no_grad()
-    def encode_prompt(
-        self, prompt: str, video_negative: str, audio_negative: str
-    ) -> tuple[torch.Tensor, ...]:
-        """T5 embeddings [1, len, dim] for (positive, video negative, audio negative)."""
+    def format_prompt(self, prompt: str) -> str:
+        """The positive prompt in the variant's caption format (logged when rewritten)."""
         formatted = format_prompt(prompt, self.preset.prompt_style)
         if formatted != prompt:
             logger.warning(
                 "prompt rewritten to the %s caption format: %r", self.preset.name, formatted
             )
+        return formatted
+
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompt: str, video_negative: str, audio_negative: str
+    ) -> tuple[torch.Tensor, ...]:
+        """T5 embeddings [1, len, dim] for (positive, video negative, audio negative); the
+        positive prompt as `format_prompt` returns it."""
         with self._on_device(self.text_encoder):
-            embeddings = self.text_encoder.encode([formatted, video_negative, audio_negative])
+            embeddings = self.text_encoder.encode([prompt, video_negative, audio_negative])
         return tuple(e[None].to(self.device, self.dtype) for e in embeddings)
 
     def prepare_latents(
@@ -507,6 +512,7 @@ class OviPipeline:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         # 2. prompts
+        prompt = self.format_prompt(prompt)
         text_pos, text_vneg, text_aneg = self.encode_prompt(
             prompt,
             d.video_negative_prompt if negative_prompt is None else negative_prompt,
@@ -537,7 +543,7 @@ class OviPipeline:
         timings["decode"] = time.perf_counter() - clock
         return OviOutput(
             video=frames, audio=waveform, seed=seed, height=height, width=width,
-            prompt=format_prompt(prompt, self.preset.prompt_style), timings=timings,
+            prompt=prompt, timings=timings,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------
