@@ -162,21 +162,9 @@ class ServerSettings(BaseSettings):
     webhook_max_delay_s: float = Field(3600.0, gt=0, description="Cap on one retry wait.")
     webhook_timeout_s: float = Field(15.0, gt=0, description="Per-delivery HTTP timeout.")
 
-    @field_validator("url_allowlist", mode="before")
-    @classmethod
-    def _split_allowlist(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
     # --- end inputs, storage, webhooks, TLS ---
 
-    @field_validator("trusted_proxies", "cors_origins", "api_keys", mode="before")
+    @field_validator("trusted_proxies", "cors_origins", "api_keys", "url_allowlist", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
