@@ -36,6 +36,7 @@ from model.schedulers import make_scheduler
 
 from .build import build_audio, build_text_encoder, build_video_vaes, random_fusion
 from .flops import Shape, forward_flops, step_flops
+from .memory import estimate_memory
 
 logger = logging.getLogger("bench")
 
@@ -56,8 +57,13 @@ PROMPTS = (
     "jitter, bad hands, blur, distortion",
     "robotic, muffled, echo, distorted",
 )
-SECTIONS = ("matmul", "dit", "variants", "t5", "vae", "audio", "pipeline")
+SECTIONS = ("matmul", "dit", "variants", "t5", "vae", "audio", "pipeline", "memory")
 PIPELINE_STEPS = (50, 30)
+ESTIMATE_NOTE = (
+    "estimate at full size on the meta device: live tensor bytes, attention as a flash kernel;"
+    " excludes allocator rounding/fragmentation and kernel workspaces (a floor under"
+    " max_memory_allocated)"
+)
 
 
 def _shape_keys(label: str) -> list[str]:
@@ -122,6 +128,27 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "pipeline_30_steps_composed_s",
         "pipeline_peak_mem_gib",
     ),
+    "memory": (  # estimates at full size on the meta device (bench/memory.py), any machine
+        "est_weights_fusion_gib",
+        "est_weights_fusion_fp8_gib",
+        "est_weights_text_encoder_gib",
+        "est_weights_video_vae_gib",
+        "est_weights_audio_vae_gib",
+        "est_weights_vocoder_gib",
+        *(f"est_step_{label}_ours_act_gib" for label in LABELS),
+        f"est_step_{MAIN}_batched_cfg_act_gib",
+        f"est_step_{MAIN}_reference_act_gib",
+        f"est_step_{MAIN}_fp8_act_gib",
+        "est_t5_act_gib",
+        "est_vae_encode_image_act_gib",
+        "est_vae_decode_act_gib",
+        "est_vae_decode_stock_act_gib",
+        "est_audio_decode_act_gib",
+        "est_pipeline_peak_gib",
+        "est_pipeline_peak_text_encoder_offload_gib",
+        "est_pipeline_peak_cpu_offload_gib",
+        "est_pipeline_peak_block_offload_gib",
+    ),
 }
 FLOP_KEYS = tuple(k for label in LABELS for k in _shape_keys(label)[:2])  # analytical, always
 FIGURE_KEYS: tuple[str, ...] = (
@@ -133,6 +160,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     + SECTION_KEYS["vae"]
     + SECTION_KEYS["audio"]
     + SECTION_KEYS["pipeline"]
+    + SECTION_KEYS["memory"]
 )
 
 
@@ -666,6 +694,25 @@ class Bench:
         self.say(
             "pipeline "
             + ", ".join(f"{s} steps {f[f'pipeline_{s}_steps_s']:.2f} s" for s in PIPELINE_STEPS)
+        )
+
+    def run_memory(self) -> None:
+        """Full-size estimates on the meta device, whatever the machine and --small."""
+        labels = [label for label in LABELS if label in self.args.shapes or label == MAIN]
+        sampling = get_preset(self.args.variant).sampling
+        estimates = estimate_memory(
+            self.full_config, {label: FULL_SHAPES[label] for label in labels}, MAIN, PROMPTS,
+            (sampling.video_guidance_scale, sampling.audio_guidance_scale), sampling.slg_layer,
+        )  # fmt: skip
+        self.figures.update(estimates)
+        for key in estimates:
+            self.note(key, ESTIMATE_NOTE)
+        self.say(
+            f"memory (estimated at full size, meta device): pipeline peak"
+            f" {estimates['est_pipeline_peak_gib']:.2f} GiB all resident,"
+            f" {estimates['est_pipeline_peak_text_encoder_offload_gib']:.2f} GiB with text-encoder"
+            f" offload, {estimates['est_pipeline_peak_cpu_offload_gib']:.2f} GiB cpu_offload,"
+            f" {estimates['est_pipeline_peak_block_offload_gib']:.2f} GiB block offload"
         )
 
     # --- driver -------------------------------------------------------------------------------

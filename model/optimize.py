@@ -205,7 +205,9 @@ def _fp8_scale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    # in x's dtype (a 0-dim fp32 scale does not promote): a bf16 activation gets no fp32 copy,
+    # which would be 3.4 GB for the FFN's hidden rows at 704x704x121 (bench/memory.py)
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 class Fp8Linear(nn.Module):

@@ -63,6 +63,11 @@ REQUIRED = (
     "pipeline_50_steps_composed_s",
     "pipeline_30_steps_composed_s",
     "pipeline_peak_mem_gib",
+    *(f"est_step_{shape}_ours_act_gib" for shape in SHAPES),
+    "est_pipeline_peak_gib",
+    "est_pipeline_peak_text_encoder_offload_gib",
+    "est_pipeline_peak_cpu_offload_gib",
+    "est_pipeline_peak_block_offload_gib",
 )
 GPU_ONLY_SUFFIXES = ("_mfu", "_peak_mem_gib")
 GPU_ONLY = ("matmul_peak_tflops", "host_syncs_per_step_fusion", "host_syncs_per_step_scheduler")
@@ -125,6 +130,36 @@ def test_figures_make_sense(result):
     assert f["recompiles_second_request"] == 0
     assert 0 <= f["vae_decode_pixel_err_max"] <= 255
     assert f["pipeline_50_steps_s"] > f["pipeline_30_steps_s"] > 0
+
+
+def test_memory_estimates_make_sense(result):
+    """The memory section runs at full size on `meta` even with --small."""
+    f, notes = result["figures"], result["notes"]
+    assert notes["est_pipeline_peak_gib"].startswith("estimate at full size on the meta device")
+    gib = 2**30
+    # weights: exactly the released layouts' element counts, bf16 (DiT, umT5) / fp32 (audio)
+    assert abs(f["est_weights_fusion_gib"] - 11_660_753_108 * 2 / gib) < 1e-6
+    assert abs(f["est_weights_text_encoder_gib"] - 5_680_910_336 * 2 / gib) < 1e-6
+    assert abs(f["est_weights_video_vae_gib"] - 704_688_668 * 2 / gib) < 1e-3  # + 2 stat buffers
+    assert 0.4 < f["est_weights_fusion_fp8_gib"] / f["est_weights_fusion_gib"] < 0.6
+    acts = [f[f"est_step_{shape}_ours_act_gib"] for shape in SHAPES]
+    assert 0 < acts[0] < acts[1] < acts[2]  # more tokens, more activations
+    main = f"est_step_{SHAPES[0]}"
+    assert f[f"{main}_batched_cfg_act_gib"] > acts[0]  # two passes alive at once
+    assert f[f"{main}_reference_act_gib"] > acts[0]  # per-token time MLP tables
+    weights = sum(
+        f[f"est_weights_{name}_gib"]
+        for name in ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder")
+    )
+    largest_phase = max(
+        acts[0], f["est_t5_act_gib"], f["est_vae_decode_act_gib"], f["est_audio_decode_act_gib"]
+    )
+    assert abs(f["est_pipeline_peak_gib"] - (weights + largest_phase)) < 1e-9
+    peaks = [
+        f[f"est_pipeline_peak{mode}_gib"]
+        for mode in ("", "_text_encoder_offload", "_cpu_offload", "_block_offload")
+    ]
+    assert peaks == sorted(peaks, reverse=True) and peaks[-1] > 0
 
 
 def test_partial_runs_merge(result, tmp_path):
