@@ -194,12 +194,17 @@ class OviPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         cpu_offload: bool = False,
+        offload_text_encoder: bool = False,
         fast_path: bool | FastPath | None = None,
         batch_cfg: bool = False,
         block_offload: bool = False,
         fp8_compute: bool = False,
     ) -> None:
-        """fast_path: `model/optimize.py`'s transforms; None = on for CUDA, off on CPU (the
+        """cpu_offload: every component stays in host memory and visits the device while it
+        runs. offload_text_encoder: the same for umT5 alone (the other components stay on the
+        device), for cards that cannot hold all of them (see the README's memory table).
+
+        fast_path: `model/optimize.py`'s transforms; None = on for CUDA, off on CPU (the
         plain float32 path conformance checks); True/False or a `FastPath` to choose.
 
         batch_cfg: both CFG passes as one batch. block_offload: the fusion DiT's layers stay in
@@ -223,10 +228,14 @@ class OviPipeline:
         )  # fmt: skip
         # block offload: the DiT stays on the host (BlockOffload places it), the rest offloads
         self.cpu_offload = cpu_offload or (config is not None and config.block_offload)
-        self._components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
-        home = torch.device("cpu") if self.cpu_offload else self.device
-        for module in self._components:
-            module.to(home).eval()
+        components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
+        # the components that live in host memory and visit the device (`_on_device`)
+        self._offloaded = (
+            components if self.cpu_offload else [text_encoder] if offload_text_encoder else []
+        )
+        for module in components:
+            offloaded = any(module is m for m in self._offloaded)
+            module.to(torch.device("cpu") if offloaded else self.device).eval()
         self.fast_path = optimize_pipeline(self, config if config is not None else False)
 
     # ----------------------------------------------------------------------------------------
@@ -241,6 +250,7 @@ class OviPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         cpu_offload: bool = False,
+        offload_text_encoder: bool = False,
         fp8: bool = False,
         fast_path: bool | FastPath | None = None,
         batch_cfg: bool = False,
@@ -250,9 +260,9 @@ class OviPipeline:
         """Load a real variant from `weights_dir` (the layout `make weights` creates).
 
         `fp8` loads the float8_e4m3fn fusion file (half the disk and host memory); it is
-        computed in bf16 unless `fp8_compute`. `batch_cfg`, `block_offload`, `fp8_compute`:
-        see `__init__`. A missing file raises `WeightFileMissingError` naming it and the
-        command that fetches it.
+        computed in bf16 unless `fp8_compute`. `cpu_offload`, `offload_text_encoder`,
+        `batch_cfg`, `block_offload`, `fp8_compute`: see `__init__`. A missing file raises
+        `WeightFileMissingError` naming it and the command that fetches it.
         """
         preset = get_preset(variant)
         if preset.random_weights:
@@ -270,8 +280,9 @@ class OviPipeline:
             return read_checkpoint(files[role], inner_key=inner_key(role))
 
         logger.info("loading %s from %s", variant, weights_dir)
+        t5_to = torch.device("cpu") if offload_text_encoder else load_to
         text_encoder = TextEncoder(
-            load_t5(read("t5"), cfg.t5, source=str(files["t5"]), dtype=dtype, device=load_to),
+            load_t5(read("t5"), cfg.t5, source=str(files["t5"]), dtype=dtype, device=t5_to),
             tokenizer_dir=files["tokenizer"],
             text_len=cfg.t5.text_len,
         )
@@ -294,7 +305,8 @@ class OviPipeline:
         )
         return cls(
             preset, text_encoder, fusion, video_vae, audio_vae, vocoder,
-            device=device, dtype=dtype, cpu_offload=cpu_offload, fast_path=fast_path, **modes,
+            device=device, dtype=dtype, cpu_offload=cpu_offload,
+            offload_text_encoder=offload_text_encoder, fast_path=fast_path, **modes,
         )  # fmt: skip
 
     @classmethod
@@ -551,15 +563,23 @@ class OviPipeline:
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[None]:
-        """With cpu_offload, move one component to the compute device only while it runs.
-        A block-offloaded DiT is never moved whole: its `BlockOffload` streams the layers."""
-        if not self.cpu_offload or (module is self.fusion and self.fusion.offload is not None):
+        """An offloaded component visits the compute device while it runs; others stay put.
+
+        The host tensors are kept and only read: each visit copies them in, and afterwards the
+        parameters point back at them, so the device copies are freed with no copy back (the
+        weights never change). A block-offloaded DiT is never moved whole: its `BlockOffload`
+        streams the layers."""
+        if not any(module is m for m in self._offloaded) or (
+            module is self.fusion and self.fusion.offload is not None
+        ):
             yield
             return
-        module.to(self.device)
+        tensors = [*module.parameters(), *module.buffers()]
+        host = [t.data for t in tensors]
+        for t, h in zip(tensors, host, strict=True):
+            t.data = h.to(self.device)
         try:
             yield
         finally:
-            module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            for t, h in zip(tensors, host, strict=True):
+                t.data = h

@@ -58,6 +58,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         help="keep components on CPU, move each to the GPU while it runs",
     )
     p.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="keep only umT5 on CPU, moved to the GPU for prompt encoding (40-48 GB GPUs)",
+    )
+    p.add_argument(
         "--block-offload",
         action="store_true",
         help="stream the DiT's layers from pinned host memory one layer ahead (24-32 GB GPUs);"
@@ -126,6 +131,7 @@ def _load_pipeline(args: argparse.Namespace):
         args.variant or DEFAULT_VARIANT,
         device=args.device,
         cpu_offload=args.cpu_offload,
+        offload_text_encoder=args.offload_text_encoder,
         fp8=args.fp8,
         **modes,
     )

@@ -25,6 +25,12 @@ def _add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     model.add_argument("--weights-dir", type=Path, help="where `ovi weights` put the files")
     model.add_argument("--device", help="torch device (default cuda)")
     model.add_argument("--cpu-offload", action="store_true", default=None)
+    model.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        default=None,
+        help="umT5 on the CPU, moved to the GPU for prompt encoding (40-48 GB GPUs)",
+    )
     model.add_argument("--fp8", action="store_true", default=None, help="float8 fusion weights")
     model.add_argument(
         "--block-offload",
@@ -75,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             "weights_dir",
             "device",
             "cpu_offload",
+            "offload_text_encoder",
             "fp8",
             "block_offload",
             "fp8_compute",

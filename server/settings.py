@@ -79,6 +79,11 @@ class ServerSettings(BaseSettings):
         None, description="torch device (`cuda`, `cuda:1`, `cpu`); None: auto."
     )
     cpu_offload: bool = Field(False, description="Keep idle sub-models on the CPU.")
+    offload_text_encoder: bool = Field(
+        False,
+        description="Keep umT5 on the CPU and move it to the GPU for prompt encoding only"
+        " (40-48 GB GPUs).",
+    )
     fp8: bool = Field(False, description="Load the float8 fusion file (computed in bf16).")
     block_offload: bool = Field(
         False,

@@ -231,6 +231,7 @@ def load_pipeline(settings: ServerSettings, device: str | None = None) -> Any:
         variant=settings.variant,
         device=device,
         cpu_offload=settings.cpu_offload,
+        offload_text_encoder=settings.offload_text_encoder,
         fp8=settings.fp8,
         **modes,
     )

@@ -214,6 +214,11 @@ def test_memory_and_batching_flags_reach_the_pipeline(monkeypatch, tmp_path):
     _load_pipeline(args)
     kwargs = seen["pretrained"][1]
     assert {k: kwargs[k] for k in modes} == modes and kwargs["fp8"] and not kwargs["cpu_offload"]
+    assert not kwargs["offload_text_encoder"]
+    _load_pipeline(
+        parser.parse_args(["batch", "p.csv", "--out-dir", "o", "--offload-text-encoder"])
+    )
+    assert seen["pretrained"][1]["offload_text_encoder"]
 
 
 def test_fp8_compute_on_cpu_is_an_error_line(tmp_path, capsys):

@@ -87,3 +87,30 @@ def test_real_variant_without_files_names_the_file_and_the_command(tmp_path):
 
     with pytest.raises(WeightFileMissingError, match="make weights VARIANT=720x720_5s"):
         OviPipeline.from_pretrained(tmp_path, "720x720_5s")
+
+
+@pytest.mark.parametrize("mode", ["offload_text_encoder", "cpu_offload"])
+def test_offloaded_components_live_on_the_host_and_visit_the_device(mode):
+    built = OviPipeline.from_preset("tiny")
+    parts = (built.text_encoder, built.fusion, built.video_vae, built.audio_vae, built.vocoder)
+    visiting = list(parts) if mode == "cpu_offload" else [built.text_encoder]
+    # 1. placement: a "meta" compute device shows where each component lives
+    meta = OviPipeline(built.preset, *parts, device="meta", **{mode: True})
+    for module in parts:
+        home = "cpu" if any(module is m for m in visiting) else "meta"
+        assert {t.device.type for t in module.parameters()} == {home}
+    # 2. a visit (on CPU, the only real device here) runs the component and then points its
+    # tensors back at the very same host storage: nothing is copied back
+    pipe = OviPipeline.from_preset("tiny")
+    pipe = OviPipeline(
+        pipe.preset, pipe.text_encoder, pipe.fusion, pipe.video_vae, pipe.audio_vae,
+        pipe.vocoder, device="cpu", **{mode: True},
+    )  # fmt: skip
+    visiting = list(pipe._offloaded)
+    assert len(visiting) == len(meta._offloaded)
+    for module in visiting:
+        host = [t.data_ptr() for t in [*module.parameters(), *module.buffers()]]
+        with pipe._on_device(module):
+            if module is pipe.text_encoder:
+                assert pipe.encode_prompt("a cat", "blur", "noise")[0].shape[0] == 1
+        assert [t.data_ptr() for t in [*module.parameters(), *module.buffers()]] == host

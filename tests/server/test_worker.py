@@ -243,12 +243,12 @@ def test_load_pipeline_passes_the_model_settings(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(OviPipeline, "from_pretrained", from_pretrained)
     settings = ServerSettings(
         weights_dir=Path("w"), variant="960x960_5s", cpu_offload=True, fp8=True,
-        block_offload=True, fp8_compute=True, batch_cfg=True,
+        block_offload=True, fp8_compute=True, batch_cfg=True, offload_text_encoder=True,
     )  # fmt: skip
     assert load_pipeline(settings, device="cuda:1") == "pipe"
     assert seen == dict(
         weights_dir=Path("w"), variant="960x960_5s", device="cuda:1", cpu_offload=True,
-        fp8=True, block_offload=True, fp8_compute=True, batch_cfg=True,
+        fp8=True, block_offload=True, fp8_compute=True, batch_cfg=True, offload_text_encoder=True,
     )  # fmt: skip
 
 
