@@ -36,7 +36,9 @@ from model.modules.vocoder import Vocoder
 
 def _materialise(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A meta-built module -> uninitialised storage on `device` in `dtype` (no host copy)."""
-    return module.to(dtype).to_empty(device=device).requires_grad_(False).eval()
+    if any(p.dtype != dtype for p in module.parameters()):  # diffusers warns on a no-op cast
+        module = module.to(dtype)
+    return module.to_empty(device=device).requires_grad_(False).eval()
 
 
 @torch.no_grad()

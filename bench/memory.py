@@ -19,10 +19,8 @@ Running at full size on `meta` also proves that the fast path, batched CFG, fp8 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import weakref
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,10 +36,10 @@ from model.config import OviConfig
 from model.convert.umt5 import umt5_config
 from model.modules.audio_vae import AudioVAE
 from model.modules.fusion import FusionModel
-from model.modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from model.modules.video_vae import VideoVAE
 from model.modules.vocoder import Vocoder
 
+from .build import _materialise
 from .flops import Shape
 
 META = torch.device("meta")
@@ -133,32 +131,25 @@ def flash_attention_on_meta() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _on_meta(build: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
-    with META:
-        module = build()
-    if dtype != torch.float32:  # built in float32
-        module = module.to(dtype)
-    return module.requires_grad_(False).eval()
-
-
 def meta_components(config: OviConfig, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """The five components at full size on `meta`; the DiT with the CUDA fast path's fused
-    projections (compilation aside: it changes kernels, not which tensors are alive)."""
-    fusion = _on_meta(lambda: FusionModel(config.fusion), dtype)
-    opt.optimize_fusion(fusion, opt.FastPath(compile=False, check_attention=False), META)
-    t5 = _on_meta(lambda: UMT5EncoderModel(umt5_config(config.t5)), dtype)
+    """The five components at full size on `meta` (the audio ones in float32, as the pipeline
+    runs them); the DiT with the CUDA fast path's fused projections (compilation aside: it
+    changes kernels, not which tensors are alive)."""
+    with META:
+        parts = {
+            "fusion": FusionModel(config.fusion),
+            "text_encoder": UMT5EncoderModel(umt5_config(config.t5)),
+            "video_vae": VideoVAE(config.video_vae),
+            "audio_vae": AudioVAE(config.audio_vae),
+            "vocoder": Vocoder(config.vocoder),
+        }
+    for name, module in parts.items():
+        _materialise(module, META, torch.float32 if name in ("audio_vae", "vocoder") else dtype)
+    opt.optimize_fusion(parts["fusion"], opt.FastPath(compile=False, check_attention=False), META)
+    t5 = parts["text_encoder"]
     t5.encoder.set_input_embeddings(t5.shared)  # one token table, as the loader ties it
-    tokenizer_dir = Path(tempfile.mkdtemp(prefix="ovi-memory-tokenizer-"))
-    build_tiny_tokenizer(tokenizer_dir, 64)  # every prompt is padded to text_len anyway
-    video_vae = _on_meta(lambda: VideoVAE(config.video_vae), dtype)
-    video_vae.reset_latent_stats()
-    return {
-        "fusion": fusion,
-        "text_encoder": TextEncoder(t5, tokenizer_dir=tokenizer_dir, text_len=config.t5.text_len),
-        "video_vae": video_vae,
-        "audio_vae": _on_meta(lambda: AudioVAE(config.audio_vae), torch.float32),  # fp32, as
-        "vocoder": _on_meta(lambda: Vocoder(config.vocoder), torch.float32),  # the pipeline
-    }
+    parts["video_vae"].reset_latent_stats()  # float32 constants, as the loader leaves them
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,12 +161,12 @@ def estimate_memory(
     config: OviConfig,
     shapes: dict[str, Shape],
     main: str,
-    prompts: tuple[str, ...],
+    num_prompts: int,
     guidance: tuple[float, float],
     slg_layer: int,
 ) -> dict[str, float]:
     """Figures in GiB: weights per component, the activation peak of each phase
-    (one step per shape: both CFG passes + guidance; T5 on `prompts`; VAE encode/decode at
+    (one step per shape: both CFG passes + guidance; T5 on `num_prompts` prompts; VAE encode/decode at
     `main`; audio decode), and the pipeline's peak in each memory mode."""
     parts = meta_components(config)
     fusion: FusionModel = parts["fusion"]
@@ -229,11 +220,10 @@ def estimate_memory(
         est["est_weights_fusion_fp8_gib"] = module_bytes(fusion) / GIB
         act(f"est_step_{main}_fp8_act_gib", lambda: step(shapes[main]))
         opt.disable_fp8(fusion)
-        # umT5 without its padding mask: transformers reads the mask on the host (`.all()`),
-        # which `meta` cannot; the mask's own bytes are negligible
-        text_encoder: TextEncoder = parts["text_encoder"]
-        ids, _ = text_encoder.tokenize(list(prompts))
-        act("est_t5_act_gib", lambda: text_encoder.model(input_ids=ids.to(META)))
+        # every prompt is padded to text_len tokens. No padding mask: transformers reads it on
+        # the host (`.all()`), which `meta` cannot; the mask's own bytes are negligible
+        ids = torch.zeros(num_prompts, config.t5.text_len, dtype=torch.long, device=META)
+        act("est_t5_act_gib", lambda: parts["text_encoder"](input_ids=ids))
         vae: VideoVAE = parts["video_vae"]
         s = shapes[main]
         latent = (1, config.video_vae.z_dim, s.latent_frames, s.height // 16, s.width // 16)

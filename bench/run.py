@@ -701,7 +701,7 @@ class Bench:
         labels = [label for label in LABELS if label in self.args.shapes or label == MAIN]
         sampling = get_preset(self.args.variant).sampling
         estimates = estimate_memory(
-            self.full_config, {label: FULL_SHAPES[label] for label in labels}, MAIN, PROMPTS,
+            self.full_config, {label: FULL_SHAPES[label] for label in labels}, MAIN, len(PROMPTS),
             (sampling.video_guidance_scale, sampling.audio_guidance_scale), sampling.slg_layer,
         )  # fmt: skip
         self.figures.update(estimates)

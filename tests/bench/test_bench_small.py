@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.memory import COMPONENTS
+
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ("704x704x121", "960x960x121", "960x960x241")
 PER_SHAPE = (
@@ -147,10 +149,7 @@ def test_memory_estimates_make_sense(result):
     main = f"est_step_{SHAPES[0]}"
     assert f[f"{main}_batched_cfg_act_gib"] > acts[0]  # two passes alive at once
     assert f[f"{main}_reference_act_gib"] > acts[0]  # per-token time MLP tables
-    weights = sum(
-        f[f"est_weights_{name}_gib"]
-        for name in ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder")
-    )
+    weights = sum(f[f"est_weights_{name}_gib"] for name in COMPONENTS)
     largest_phase = max(
         acts[0], f["est_t5_act_gib"], f["est_vae_decode_act_gib"], f["est_audio_decode_act_gib"]
     )
