@@ -27,12 +27,12 @@ conformance: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ovi conformance $(REFERENCE)
 
 lint: install
-	$(VENV)/bin/ruff check model server tests bench
-	$(VENV)/bin/ruff format --check model server tests bench
+	$(VENV)/bin/ruff check model server cli tools tests bench
+	$(VENV)/bin/ruff format --check model server cli tools tests bench
 
 fmt: install
-	$(VENV)/bin/ruff format model server tests bench
-	$(VENV)/bin/ruff check --fix model server tests bench
+	$(VENV)/bin/ruff format model server cli tools tests bench
+	$(VENV)/bin/ruff check --fix model server cli tools tests bench
 
 weights: install
 	$(VENV)/bin/ovi weights --variant $(VARIANT) --dir $(WEIGHTS_DIR) $(if $(FP8),--fp8)

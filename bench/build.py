@@ -1,11 +1,11 @@
 """Random-weight components of a variant, built where they run.
 
-The two big networks (fusion DiT, 11.7 B parameters; umT5-XXL encoder, 5.7 B) are built on the
-meta device, materialised directly on the target device in the target dtype, and filled there
-one tensor at a time with the same distributions as the CPU helpers (`random_fusion_state`,
-`random_t5_state`), so host RAM and host RNG speed never bound the setup. The small ones (the
-Wan VAE, MMAudio VAE, BigVGAN) go through their CPU random-state helpers and real loaders.
-Same shapes as the released files; the values only have to keep activations finite.
+Every component gets the library's random initialisation (`random_*_state` in `model/convert/`)
+and goes through its real loader. The two big networks (fusion DiT, 11.7 B parameters; umT5-XXL
+encoder, 5.7 B) draw their weights directly on the target device in the target dtype, one tensor
+at a time (the `device=` of `random_fusion_state` / `random_t5_state`), so host RAM and host RNG
+speed never bound the setup; the small ones (the Wan VAE, MMAudio VAE, BigVGAN) are drawn on the
+CPU. Same shapes as the released files; the values only have to keep activations finite.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import UMT5EncoderModel
 
-from model.config import FusionConfig, OviConfig, T5Config
+from model.config import FusionConfig, OviConfig
+from model.convert.fusion import load_fusion, random_fusion_state
 from model.convert.mmaudio import (
     load_audio_vae,
     load_vocoder,
     random_audio_vae_state,
     random_vocoder_state,
 )
-from model.convert.umt5 import umt5_config
+from model.convert.umt5 import load_t5, random_t5_state
 from model.convert.wan_vae import load_wan_vae, random_wan_vae_state
 from model.modules.audio_vae import AudioVAE
 from model.modules.fusion import FusionModel
@@ -45,50 +45,9 @@ def _materialise(module: nn.Module, device: torch.device, dtype: torch.dtype) ->
 def random_fusion(
     config: FusionConfig, device: torch.device, dtype: torch.dtype, seed: int = 0
 ) -> FusionModel:
-    """`FusionModel` with `random_fusion_state`'s distributions, drawn on `device`: matrices
-    N(0, 1/fan_in), biases N(0, 0.05^2), norm weights 1 + N(0, 0.1^2), norm biases
-    N(0, 0.05^2), modulation tables N(0, 0.3^2)."""
-    with torch.device("meta"):
-        model = FusionModel(config)
-    _materialise(model, device, dtype)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for key, param in model.named_parameters():
-        module, leaf = key.rsplit(".", 2)[-2:]
-        param.normal_(generator=gen)
-        if leaf == "modulation":
-            param.mul_(0.3)
-        elif "norm" in module and leaf == "weight":
-            param.mul_(0.1).add_(1.0)
-        elif "norm" in module:
-            param.mul_(0.05)
-        elif leaf == "bias":
-            param.mul_(0.05)
-        else:
-            param.div_(param[0].numel() ** 0.5)
-    return model
-
-
-@torch.no_grad()
-def random_t5(
-    config: T5Config, device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> UMT5EncoderModel:
-    """transformers `UMT5EncoderModel` with `random_t5_state`'s distributions, on `device`:
-    linear N(0, 1/fan_in), embedding N(0, 1), norms 1 + N(0, 0.1^2), position biases
-    N(0, 0.5^2)."""
-    with torch.device("meta"):
-        model = UMT5EncoderModel(umt5_config(config))
-    _materialise(model, device, dtype)
-    model.encoder.set_input_embeddings(model.shared)  # the file's one token embedding
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for key, param in model.named_parameters():
-        param.normal_(generator=gen)
-        if key.endswith("layer_norm.weight"):
-            param.mul_(0.1).add_(1.0)
-        elif key.endswith("relative_attention_bias.weight"):
-            param.mul_(0.5)
-        elif key != "shared.weight":
-            param.div_(param.shape[1] ** 0.5)
-    return model
+    """`FusionModel` with the library's random weights, drawn on `device` in `dtype`."""
+    state = random_fusion_state(config, seed, dtype=dtype, device=device)
+    return load_fusion(state, config, source="random", dtype=dtype, device=device)
 
 
 @dataclass
@@ -108,7 +67,8 @@ def build_text_encoder(
     text_len (512) tokens, so the encoder does the real amount of work."""
     tokenizer_dir = Path(tempfile.mkdtemp(prefix="ovi-bench-tokenizer-"))
     build_tiny_tokenizer(tokenizer_dir, min(config.t5.vocab, 64))
-    model = random_t5(config.t5, device, dtype, seed)
+    state = random_t5_state(config.t5, seed, dtype=dtype, device=device)  # drawn on the device
+    model = load_t5(state, config.t5, source="random", dtype=dtype, device=device)
     return TextEncoder(model, tokenizer_dir=tokenizer_dir, text_len=config.t5.text_len)
 
 

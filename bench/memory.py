@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -131,25 +132,48 @@ def flash_attention_on_meta() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def meta_components(config: OviConfig, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """The five components at full size on `meta` (the audio ones in float32, as the pipeline
-    runs them); the DiT with the CUDA fast path's fused projections (compilation aside: it
-    changes kernels, not which tensors are alive)."""
+STEP_LAYERS = 3  # depth of the DiT a step's activations are measured on (see estimate_memory)
+
+
+def shallow(config: OviConfig, layers: int = STEP_LAYERS) -> OviConfig:
+    """`config` with a `layers`-deep DiT (same widths, same everything else)."""
+    fusion = config.fusion
+    return replace(
+        config,
+        fusion=replace(
+            fusion,
+            video=replace(fusion.video, num_layers=layers),
+            audio=replace(fusion.audio, num_layers=layers),
+        ),
+    )
+
+
+def meta_components(
+    config: OviConfig, dtype: torch.dtype = torch.bfloat16, parts: tuple[str, ...] = COMPONENTS
+) -> dict[str, Any]:
+    """The five components (or `parts` of them) at full size on `meta` (the audio ones in
+    float32, as the pipeline runs them); the DiT with the CUDA fast path's fused projections
+    (compilation aside: it changes kernels, not which tensors are alive)."""
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "fusion": lambda: FusionModel(config.fusion),
+        "text_encoder": lambda: UMT5EncoderModel(umt5_config(config.t5)),
+        "video_vae": lambda: VideoVAE(config.video_vae),
+        "audio_vae": lambda: AudioVAE(config.audio_vae),
+        "vocoder": lambda: Vocoder(config.vocoder),
+    }
     with META:
-        parts = {
-            "fusion": FusionModel(config.fusion),
-            "text_encoder": UMT5EncoderModel(umt5_config(config.t5)),
-            "video_vae": VideoVAE(config.video_vae),
-            "audio_vae": AudioVAE(config.audio_vae),
-            "vocoder": Vocoder(config.vocoder),
-        }
-    for name, module in parts.items():
+        built = {name: builders[name]() for name in parts}
+    for name, module in built.items():
         _materialise(module, META, torch.float32 if name in ("audio_vae", "vocoder") else dtype)
-    opt.optimize_fusion(parts["fusion"], opt.FastPath(compile=False, check_attention=False), META)
-    t5 = parts["text_encoder"]
-    t5.encoder.set_input_embeddings(t5.shared)  # one token table, as the loader ties it
-    parts["video_vae"].reset_latent_stats()  # float32 constants, as the loader leaves them
-    return parts
+    if "fusion" in built:
+        plan = opt.FastPath(compile=False, check_attention=False)
+        opt.optimize_fusion(built["fusion"], plan, META)
+    if "text_encoder" in built:
+        t5 = built["text_encoder"]
+        t5.encoder.set_input_embeddings(t5.shared)  # one token table, as the loader ties it
+    if "video_vae" in built:
+        built["video_vae"].reset_latent_stats()  # float32 constants, as the loader leaves them
+    return built
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +194,14 @@ def estimate_memory(
     `main`; audio decode), and the pipeline's peak in each memory mode."""
     parts = meta_components(config)
     fusion: FusionModel = parts["fusion"]
+    # A step's activations are measured on a DiT of the same widths with STEP_LAYERS layers:
+    # every layer has the same shapes and frees its intermediates before the next, so the peak
+    # does not depend on the depth (`tests/bench/test_memory.py` checks it; the full 30 layers
+    # gave the same figures to every digit), and dispatching 30 layers on meta costs ~10x.
+    dit = meta_components(shallow(config), parts=("fusion",))["fusion"]
+    slg = None if slg_layer is None or slg_layer <= 0 else STEP_LAYERS // 2
     tracker = LiveBytes()
-    for module in parts.values():
+    for module in (*parts.values(), dit):
         tracker.track(tensors_of(module))  # so views of weights are not counted as activations
     est = {f"est_weights_{name}_gib": module_bytes(parts[name]) / GIB for name in COMPONENTS}
     v_cfg = config.fusion.video
@@ -192,15 +222,13 @@ def estimate_memory(
     def step(shape: Shape, batch_cfg: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = step_inputs(shape)
         if batch_cfg:
-            pv, pa, nv, na = fusion.forward_cfg(
+            pv, pa, nv, na = dit.forward_cfg(
                 x["video"], x["audio"], x["t"], (x["pos"], x["pos"]), (x["vneg"], x["aneg"]),
-                slg_layer=slg_layer,
+                slg_layer=slg,
             )  # fmt: skip
         else:
-            pv, pa = fusion(x["video"], x["audio"], x["t"], x["pos"], x["pos"])
-            nv, na = fusion(
-                x["video"], x["audio"], x["t"], x["vneg"], x["aneg"], slg_layer=slg_layer
-            )
+            pv, pa = dit(x["video"], x["audio"], x["t"], x["pos"], x["pos"])
+            nv, na = dit(x["video"], x["audio"], x["t"], x["vneg"], x["aneg"], slg_layer=slg)
         return nv + gv * (pv - nv), na + ga * (pa - na)
 
     def act(key: str, fn: Callable[[], Any]) -> None:
@@ -211,15 +239,16 @@ def estimate_memory(
         for label, shape in shapes.items():
             act(f"est_step_{label}_ours_act_gib", lambda shape=shape: step(shape))
         act(f"est_step_{main}_batched_cfg_act_gib", lambda: step(shapes[main], batch_cfg=True))
-        with opt.reference_style(fusion):
-            tracker.track(tensors_of(fusion))  # the unfused projections
+        with opt.reference_style(dit):
+            tracker.track(tensors_of(dit))  # the unfused projections
             act(f"est_step_{main}_reference_act_gib", lambda: step(shapes[main]))
         # fp8 on meta: the _scaled_mm meta kernel checks CUDA's shape and layout rules
         opt.enable_fp8(fusion, keep_original=True)
-        tracker.track(tensors_of(fusion))
         est["est_weights_fusion_fp8_gib"] = module_bytes(fusion) / GIB
-        act(f"est_step_{main}_fp8_act_gib", lambda: step(shapes[main]))
         opt.disable_fp8(fusion)
+        opt.enable_fp8(dit)
+        tracker.track(tensors_of(dit))
+        act(f"est_step_{main}_fp8_act_gib", lambda: step(shapes[main]))
         # every prompt is padded to text_len tokens. No padding mask: transformers reads it on
         # the host (`.all()`), which `meta` cannot; the mask's own bytes are negligible
         ids = torch.zeros(num_prompts, config.t5.text_len, dtype=torch.long, device=META)

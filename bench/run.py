@@ -2,7 +2,7 @@
 
 On CUDA: the full-size model of a variant with random bf16 weights (no download), timed with CUDA
 events after warm-up (median of `--runs`), MFU against a bf16 matmul peak measured in the same
-run, peak memory from `torch.cuda.max_memory_allocated`. `--small`: the same code at the tiny
+run, peak memory from `torch.cuda.max_memory_allocated`. `--small`: the same code at the tiny_1s
 preset's size on the CPU in seconds (wall-clock timers; MFU and memory fields null), so CI checks
 that the script works. Writes one JSON (`--out`) holding every key of `FIGURE_KEYS` (null where
 a figure was not measured, with the reason under "notes"). See `bench/README.md`.
@@ -30,6 +30,7 @@ import torch
 from model import optimize as opt
 from model.modules import attention as attn
 from model.modules.fusion import FusionModel
+from model.options import RuntimeOptions
 from model.pipeline import OviPipeline
 from model.presets import get_preset
 from model.schedulers import make_scheduler
@@ -46,10 +47,10 @@ FULL_SHAPES = {
     "960x960x121": Shape(960, 960, 121, 157),
     "960x960x241": Shape(960, 960, 241, 314),
 }
-SMALL_SHAPES = {  # the tiny preset's area; same frame and audio lengths
-    "704x704x121": Shape(64, 64, 121, 157),
-    "960x960x121": Shape(96, 96, 121, 157),
-    "960x960x241": Shape(96, 96, 241, 314),
+SMALL_SHAPES = {  # the tiny_1s preset's area and lengths (25 frames; 49 for the long shape)
+    "704x704x121": Shape(64, 64, 25, 33),
+    "960x960x121": Shape(96, 96, 25, 33),
+    "960x960x241": Shape(96, 96, 49, 64),
 }
 MAIN = LABELS[0]  # the shape of the headline figures (offload, fp8, batched CFG, pipeline)
 PROMPTS = (
@@ -332,7 +333,7 @@ class Bench:
         self.cuda = torch.cuda.is_available() and not args.small
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.dtype = torch.bfloat16
-        self.preset = get_preset("tiny" if self.small else args.variant)
+        self.preset = get_preset("tiny_1s" if self.small else args.variant)
         self.config = self.preset.config
         self.full_config = get_preset(args.variant).config
         self.shapes = SMALL_SHAPES if self.small else FULL_SHAPES
@@ -659,8 +660,11 @@ class Bench:
             return
         pipe = OviPipeline(
             self.preset, self.text_encoder, self.fusion, self.video_vae, self.audio_vae,
-            self.vocoder, device=self.device, dtype=self.dtype,
-            fast_path=opt.FastPath(
+            self.vocoder,
+            runtime=RuntimeOptions(
+                device=str(self.device), dtype=str(self.dtype).removeprefix("torch.")
+            ),
+            transforms=opt.FastPath(
                 compile=not self.args.no_compile, compile_backend=self.compile_backend,
                 check_attention=False,
             ),

@@ -2,12 +2,15 @@
 
 `720x720_5s` is Ovi 1.0; `960x960_5s` and `960x960_10s` are Ovi 1.1. `tiny` has random weights,
 tiny widths and a low resolution, but the real 5 s latent lengths, so it exercises every code
-path (121 frames at 24 fps, 5.04 s of 16 kHz audio) in seconds on a CPU.
+path (121 frames at 24 fps, 5.04 s of 16 kHz audio) in seconds on a CPU; `tiny_1s` is the same
+model at about 1 s (25 frames), for the tests that do not need the real length.
+
+The sampling defaults of each variant are a `SamplingParams` (`model/sampling.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .config import (
@@ -19,31 +22,12 @@ from .config import (
     VocoderConfig,
     WanVAEConfig,
 )
+from .sampling import SamplingParams
 
 VIDEO_FPS = 24
 AUDIO_SAMPLE_RATE = 16000
 
-DEFAULT_VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
-DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
-
-Solver = Literal["unipc", "dpm++", "euler"]
-SOLVERS: tuple[str, ...] = ("unipc", "dpm++", "euler")
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """The official release's sampling settings (`inference_fusion.yaml`)."""
-
-    steps: int = 50
-    solver: Solver = "unipc"
-    shift: float = 5.0
-    video_guidance_scale: float = 4.0
-    audio_guidance_scale: float = 3.0
-    slg_layer: int = 11  # block skipped in the negative pass; -1 disables skip-layer guidance
-    video_negative_prompt: str = DEFAULT_VIDEO_NEGATIVE_PROMPT
-    audio_negative_prompt: str = DEFAULT_AUDIO_NEGATIVE_PROMPT
-    height: int = 512  # t2v request size before snapping to the variant's area
-    width: int = 992
+PromptStyle = Literal["audcap", "audio_colon"]  # 1.0: <AUDCAP>..<ENDAUDCAP>; 1.1: "Audio: .."
 
 
 @dataclass(frozen=True)
@@ -53,14 +37,21 @@ class Preset:
     video_latent_length: int  # latent frames; pixels = 4 * (n - 1) + 1
     audio_latent_length: int  # audio latent steps; samples = 2 * n * hop (hop 256)
     video_area: int  # target H*W in pixels
-    prompt_style: Literal["audcap", "audio_colon"]  # 1.0: <AUDCAP>..<ENDAUDCAP>; 1.1: "Audio: .."
+    prompt_style: PromptStyle
     fusion_file: str | None  # manifest key of the fusion weights; None = random weights (tiny)
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # this variant's defaults
     description: str = ""
 
     @property
     def num_frames(self) -> int:
-        return 4 * (self.video_latent_length - 1) + 1
+        """Pixel frames: the causal VAE decodes the first latent frame to one frame, each
+        later one to `temporal_compression` frames."""
+        return self.config.video_vae.temporal_compression * (self.video_latent_length - 1) + 1
+
+    @property
+    def audio_samples(self) -> int:
+        """Waveform samples: the audio VAE's 2x upsampling to mels, then the vocoder's hop."""
+        return 2 * self.audio_latent_length * self.config.vocoder.hop_length
 
     @property
     def random_weights(self) -> bool:
@@ -90,48 +81,58 @@ def _tiny_config() -> OviConfig:
     )
 
 
+# Latent lengths (video frames, audio steps) of the released clip lengths.
+FIVE_SECONDS = (31, 157)  # 121 frames at 24 fps, 5.02 s of 16 kHz audio
+TEN_SECONDS = (61, 314)  # 241 frames, 10.05 s
+
+
+def _released(
+    name: str, lengths: tuple[int, int], side: int, style: PromptStyle, description: str
+) -> Preset:
+    return Preset(
+        name=name,
+        config=OviConfig(),
+        video_latent_length=lengths[0],
+        audio_latent_length=lengths[1],
+        video_area=side * side,
+        prompt_style=style,
+        fusion_file=f"fusion_{name}",
+        description=description,
+    )
+
+
+_TINY = Preset(
+    name="tiny",
+    config=_tiny_config(),
+    video_latent_length=FIVE_SECONDS[0],
+    audio_latent_length=FIVE_SECONDS[1],
+    video_area=64 * 64,
+    prompt_style="audio_colon",
+    fusion_file=None,
+    sampling=SamplingParams(steps=4, slg_layer=1, height=64, width=64),
+    description="random weights, tiny widths, 64x64: tests and demos on CPU",
+)
+
 PRESETS: dict[str, Preset] = {
-    "720x720_5s": Preset(
-        name="720x720_5s",
-        config=OviConfig(),
-        video_latent_length=31,
-        audio_latent_length=157,
-        video_area=720 * 720,
-        prompt_style="audcap",
-        fusion_file="fusion_720x720_5s",
-        description="Ovi 1.0: 5 s clips around 720x720",
-    ),
-    "960x960_5s": Preset(
-        name="960x960_5s",
-        config=OviConfig(),
-        video_latent_length=31,
-        audio_latent_length=157,
-        video_area=960 * 960,
-        prompt_style="audio_colon",
-        fusion_file="fusion_960x960_5s",
-        description="Ovi 1.1: 5 s clips around 960x960",
-    ),
-    "960x960_10s": Preset(
-        name="960x960_10s",
-        config=OviConfig(),
-        video_latent_length=61,
-        audio_latent_length=314,
-        video_area=960 * 960,
-        prompt_style="audio_colon",
-        fusion_file="fusion_960x960_10s",
-        description="Ovi 1.1: 10 s clips around 960x960",
-    ),
-    "tiny": Preset(
-        name="tiny",
-        config=_tiny_config(),
-        video_latent_length=31,
-        audio_latent_length=157,
-        video_area=64 * 64,
-        prompt_style="audio_colon",
-        fusion_file=None,
-        sampling=SamplingDefaults(steps=4, slg_layer=1, height=64, width=64),
-        description="random weights, tiny widths, 64x64: tests and demos on CPU",
-    ),
+    preset.name: preset
+    for preset in (
+        _released("720x720_5s", FIVE_SECONDS, 720, "audcap", "Ovi 1.0: 5 s clips around 720x720"),
+        _released(
+            "960x960_5s", FIVE_SECONDS, 960, "audio_colon", "Ovi 1.1: 5 s clips around 960x960"
+        ),
+        _released(
+            "960x960_10s", TEN_SECONDS, 960, "audio_colon", "Ovi 1.1: 10 s clips around 960x960"
+        ),
+        _TINY,
+        # about 1 s (25 frames, 33 audio steps: the 5 s ratio), for tests of behaviour
+        replace(
+            _TINY,
+            name="tiny_1s",
+            video_latent_length=7,
+            audio_latent_length=33,
+            description="the tiny preset at 1 s (25 frames): fast tests on CPU",
+        ),
+    )
 }
 
 DEFAULT_VARIANT = "720x720_5s"

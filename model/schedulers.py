@@ -53,7 +53,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .presets import SOLVERS
+from .sampling import SOLVERS
 
 NUM_TRAIN_TIMESTEPS = 1000
 UNIPC_SIGMA_MAX = np.float32(0.999)  # Ovi's UniPC grid starts at float32(0.999), not 1.0

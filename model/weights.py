@@ -1,4 +1,5 @@
-"""The weight-file manifest (`weights/manifest.json`): what each variant needs and where it lives.
+"""The weight-file manifest (`model/manifest.json`, package data): what each variant needs and
+where it lives.
 
 `resolve_files` maps a variant to local paths and fails with the exact file and the command that
 fetches it; `download` fetches just the files a variant needs from the Hugging Face hub
@@ -11,14 +12,18 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from .errors import WeightFileMissingError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_PATH = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
-DEFAULT_WEIGHTS_DIR = MANIFEST_PATH.parent
+MANIFEST = "manifest.json"  # package data of `model`, read with importlib.resources
+# Where `ovi weights` downloads to and the pipeline looks by default: `weights/` under the
+# working directory (the repository's `weights/` folder when run from the checkout), as the
+# server's `weights_dir` setting and `make weights` default to.
+DEFAULT_WEIGHTS_DIR = Path("weights")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class WeightFile:
 
 @cache
 def load_manifest() -> dict:
-    return json.loads(MANIFEST_PATH.read_text())
+    """The manifest, from the installed `model` package (editable or not)."""
+    return json.loads(resources.files(__package__).joinpath(MANIFEST).read_text(encoding="utf-8"))
 
 
 def variant_files(variant: str, fp8: bool = False) -> list[WeightFile]:

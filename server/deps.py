@@ -1,4 +1,5 @@
-"""Shared route dependencies as `Annotated` aliases: settings, store, storage, auth, URLs.
+"""Shared route dependencies as `Annotated` aliases: settings, store, storage, the request
+service, auth, URLs and submit options.
 
 Everything lives on `app.state` (made by the lifespan in `server.main`), so tests build an app
 with their own settings or store and nothing is a module-level singleton.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -17,9 +17,10 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader
 
 from server.errors import BadRequestError, UnauthorizedError
-from server.jobs.base import JobStore, Priority
+from server.jobs.base import JobStore
+from server.serving import Serving, Submission, SubmitOptions
 from server.settings import ServerSettings
-from server.storage import LocalStorage
+from server.storage import Storage
 
 
 def get_app_settings(request: Request) -> ServerSettings:
@@ -30,13 +31,18 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_storage(request: Request) -> LocalStorage:
+def get_storage(request: Request) -> Storage:
     return request.app.state.storage
+
+
+def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
 
 
 SettingsDep = Annotated[ServerSettings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 # --- auth ---
@@ -144,13 +150,6 @@ QueueBaseUrlDep = Annotated[str, Depends(get_queue_base_url)]
 # --- submit options (query and headers fal's clients send) ---
 
 
-@dataclass(frozen=True)
-class SubmitOptions:
-    webhook_url: str | None
-    start_timeout_s: float | None
-    priority: Priority
-
-
 def get_submit_options(
     fal_webhook: Annotated[
         str | None, Query(description="URL to POST the result to when the request completes.")
@@ -182,6 +181,13 @@ def get_submit_options(
 
 
 SubmitOptionsDep = Annotated[SubmitOptions, Depends(get_submit_options)]
+
+
+def get_submission(options: SubmitOptionsDep, user_id: AuthDep, base: BaseUrlDep) -> Submission:
+    return Submission(options=options, user_id=user_id, base_url=base)
+
+
+SubmissionDep = Annotated[Submission, Depends(get_submission)]
 
 
 def parse_flag(value: str | None) -> bool:

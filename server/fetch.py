@@ -22,12 +22,11 @@ import socket
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-if TYPE_CHECKING:
-    from server.storage import LocalStorage
+from server.storage import FILES_PREFIX, PUBLIC_KINDS, Storage, key_from_path, read_all
 
 DATA_URI_MAX_BYTES = 10 * 1024 * 1024  # fal's cap on data URIs, decoded
 USER_AGENT = "ovi-server (image fetch)"
@@ -386,12 +385,12 @@ async def _get_once(
 # --- the entry point ---
 
 
-def _stored_upload(url: str, storage: LocalStorage | None, settings: Any) -> bytes | None:
+def _stored_upload(url: str, storage: Storage | None, settings: Any) -> bytes | None:
     """Bytes of one of our own stored files named by ``url``, without an HTTP round trip.
 
-    A path of the storage's shape whose file exists is ours: ids are 128-bit random, so a foreign
-    server cannot collide by accident, and knowing an id already grants reading it over HTTP.
-    A URL on our own public base that names a missing file fails here with a clear reason.
+    A ``/files/{key}`` path whose file exists is ours: ids are 128-bit random, so a foreign server
+    cannot collide by accident, and knowing an id already grants reading it over HTTP. A URL on
+    our own public base that names a missing file fails here with a clear reason.
     """
     if storage is None:
         return None
@@ -400,10 +399,13 @@ def _stored_upload(url: str, storage: LocalStorage | None, settings: Any) -> byt
     except ValueError:
         return None
     path = urllib.parse.unquote(parts.path)
-    if not path.startswith(storage.url_prefix + "/"):
+    if not path.startswith(FILES_PREFIX + "/"):
         return None
+    key = key_from_path(path)
     try:
-        return storage.resolve(path).read_bytes()
+        if key is None or not key.startswith(PUBLIC_KINDS):
+            raise FileNotFoundError(path)
+        return read_all(storage, key)
     except FileNotFoundError:
         base = getattr(settings, "public_base_url", None)
         if base and parts.netloc and urllib.parse.urlsplit(str(base)).netloc == parts.netloc:
@@ -411,9 +413,7 @@ def _stored_upload(url: str, storage: LocalStorage | None, settings: Any) -> byt
         return None
 
 
-async def load_image_bytes(
-    url: str, settings: Any, *, storage: LocalStorage | None = None
-) -> bytes:
+async def load_image_bytes(url: str, settings: Any, *, storage: Storage | None = None) -> bytes:
     """The raw bytes behind ``url`` (no decoding); raise :class:`ImageInputError`."""
     if not isinstance(url, str) or not url.strip():
         raise ImageInputError(str(url), "empty URL")
@@ -436,9 +436,7 @@ async def load_image_bytes(
         raise ImageInputError(url, str(e)) from None
 
 
-async def load_image_input(
-    url: str, settings: Any, *, storage: LocalStorage | None = None
-) -> bytes:
+async def load_image_input(url: str, settings: Any, *, storage: Storage | None = None) -> bytes:
     """Load ``image_url`` (data URI, our stored upload, or http/https) and check it is an image.
 
     Returns the encoded bytes after ``model.preprocess.load_image`` decoded them successfully.

@@ -3,7 +3,7 @@
 Field names, order, defaults, ranges and descriptions are fal's (`fal-ai/ovi`,
 `fal-ai/ovi/image-to-video`). Unknown input fields are ignored, as fal does; invalid ones give
 FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. The default negative prompts are the
-model's own (`model.presets`, a light module: no torch in the API process).
+model's own (`model.sampling`, a light module: no torch in the API process).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from model.presets import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
+from model.sampling import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
 
 T2V_APP = "fal-ai/ovi"
 I2V_APP = "fal-ai/ovi/image-to-video"
 APPS: tuple[str, ...] = (T2V_APP, I2V_APP)
+APP_TITLES: dict[str, str] = {T2V_APP: "text-to-video", I2V_APP: "image-to-video"}
 QUEUE_APP = "fal-ai/ovi"  # fal's clients look every request up under owner/alias, sub-path dropped
 
 DEFAULT_NEGATIVE_PROMPT = DEFAULT_VIDEO_NEGATIVE_PROMPT  # fal's field name is negative_prompt
@@ -349,7 +350,7 @@ def queue_openapi(endpoint_id: str, server_url: str) -> dict[str, Any]:
             "description": "The OpenAPI schema for the " + endpoint_id + " queue.",
             "x-fal-metadata": {
                 "endpointId": endpoint_id,
-                "category": "image-to-video" if endpoint_id == I2V_APP else "text-to-video",
+                "category": APP_TITLES[endpoint_id],
             },
         },
         "components": {

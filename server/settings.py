@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -27,6 +27,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from model.options import ModelSource, RuntimeOptions, option_fields
 
 try:
     import tomllib
@@ -64,36 +66,32 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-class ServerSettings(BaseSettings):
-    """How one `ovi serve` process is deployed. Field names are the TOML keys; env adds `OVI_`."""
+def _runtime_fields() -> dict[str, Any]:
+    """One setting per `RuntimeOptions` field: same name (TOML key), `OVI_<NAME>`, its help."""
+    return {
+        f.name: (tp, Field(f.default, description=f.metadata["help"]))
+        for f, tp in option_fields(RuntimeOptions)
+    }
+
+
+# The runtime knobs, generated: a new `RuntimeOptions` field is a new setting with no edit here.
+_RuntimeSettings = create_model("_RuntimeSettings", __base__=BaseSettings, **_runtime_fields())
+
+
+class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
+    """How one `ovi serve` process is deployed. Field names are the TOML keys; env adds `OVI_`.
+
+    Besides the fields below, every `RuntimeOptions` field (`model/options.py`) is a setting of
+    the same name (`device`, `cpu_offload`, `block_offload`, `fp8`, ...), read by the worker."""
 
     model_config = SettingsConfigDict(env_prefix="OVI_", extra="ignore", validate_default=True)
 
-    # --- model (read by the worker only) ---
+    # --- model source (read by the worker only) ---
     variant: str = Field("720x720_5s", description="Model variant from model/presets.py.")
     preset: str | None = Field(
         None, description="A preset with built-in random weights (`tiny`) instead of `variant`."
     )
     weights_dir: Path = Field(Path("weights"), description="Where `ovi weights` put the files.")
-    device: str | None = Field(
-        None, description="torch device (`cuda`, `cuda:1`, `cpu`); None: auto."
-    )
-    cpu_offload: bool = Field(False, description="Keep idle sub-models on the CPU.")
-    offload_text_encoder: bool = Field(
-        False,
-        description="Keep umT5 on the CPU and move it to the GPU for prompt encoding only"
-        " (40-48 GB GPUs).",
-    )
-    fp8: bool = Field(False, description="Load the float8 fusion file (computed in bf16).")
-    block_offload: bool = Field(
-        False,
-        description="Stream the DiT's layers from pinned host memory (24-32 GB GPUs); the other"
-        " sub-models then use cpu_offload.",
-    )
-    fp8_compute: bool = Field(
-        False, description="DiT block linears in float8 (torch._scaled_mm; CUDA only)."
-    )
-    batch_cfg: bool = Field(False, description="Both guidance passes as one batch of 2.")
 
     # --- network ---
     host: str = Field("127.0.0.1", description="Bind address.")
@@ -118,7 +116,20 @@ class ServerSettings(BaseSettings):
     )
 
     # --- data ---
-    data_dir: Path = Field(Path("data"), description="Job database, inputs and outputs.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Local state: the default job store and storage, signing keys, temp files.",
+    )
+    job_store: str | None = Field(
+        None,
+        description="Job store URL shared by the API and the workers, e.g."
+        " sqlite:////srv/ovi/jobs.sqlite3; None: sqlite:///<data_dir>/jobs.sqlite3.",
+    )
+    storage: str | None = Field(
+        None,
+        description="Where outputs, uploads and job inputs live, shared by the API and the"
+        " workers, e.g. file:///srv/ovi/files; None: file://<data_dir>/files.",
+    )
     output_retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Outputs, uploads and finished jobs live this long."
     )
@@ -188,6 +199,20 @@ class ServerSettings(BaseSettings):
             ipaddress.ip_network(item, strict=False)
         return value
 
+    @field_validator("job_store")
+    @classmethod
+    def _check_job_store(cls, value: str | None) -> str | None:
+        from server.jobs import check_store_url
+
+        return check_store_url(value) if value else None
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        from server.storage import check_storage_url
+
+        return check_storage_url(value) if value else None
+
     @field_validator("public_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
@@ -198,9 +223,8 @@ class ServerSettings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _check_fp8_compute(self) -> ServerSettings:
-        if self.fp8_compute and (self.device or "").startswith("cpu"):
-            raise ValueError("fp8 compute needs a CUDA GPU: fp8_compute with device cpu")
+    def _check_runtime(self) -> ServerSettings:
+        self.runtime  # noqa: B018 - RuntimeOptions refuses bad combinations (fp8 compute on cpu)
         return self
 
     @model_validator(mode="after")
@@ -222,12 +246,12 @@ class ServerSettings(BaseSettings):
 
     # --- derived paths ---
     @property
-    def db_path(self) -> Path:
-        return self.data_dir / "jobs.sqlite3"
+    def job_store_url(self) -> str:
+        return self.job_store or f"sqlite:///{self.data_dir / 'jobs.sqlite3'}"
 
     @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
+    def storage_url(self) -> str:
+        return self.storage or (self.data_dir / "files").absolute().as_uri()
 
     @property
     def tmp_dir(self) -> Path:
@@ -236,6 +260,14 @@ class ServerSettings(BaseSettings):
     @property
     def model_name(self) -> str:
         return self.preset or self.variant
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(self.model_name, self.weights_dir)
+
+    @property
+    def runtime(self) -> RuntimeOptions:
+        return RuntimeOptions.from_mapping({n: getattr(self, n) for n in _runtime_fields()})
 
     def is_loopback_host(self) -> bool:
         return is_loopback_host(self.host)

@@ -15,7 +15,6 @@ Node reads extra CAs from ``NODE_EXTRA_CA_CERTS=DIR/ca.pem`` (it adds, not repla
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 import os
@@ -105,28 +104,7 @@ def _load_or_make_ca(
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(name, name, key.public_key(), now, now + CA_VALIDITY, ca=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -136,6 +114,41 @@ def _load_or_make_ca(
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    until: dt.datetime,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """A certificate valid from 5 minutes ago to `until`: a CA that signs certificates (and
+    CRLs), or a leaf that only signs."""
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(usage, critical=True)
+    )
 
 
 def init_tls(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> TLSFiles:
@@ -156,29 +169,10 @@ def init_tls(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> TL
         [*(x509.DNSName(d) for d in dns), *(x509.IPAddress(ip) for ip in ips)]
     )
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])])
+    until = min(now + SERVER_VALIDITY, ca_cert.not_valid_after_utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + SERVER_VALIDITY, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(subject, ca_cert.subject, key.public_key(), now, until, ca=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(san, critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -200,44 +194,3 @@ def init_tls(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> TL
     public = Path(certifi.where()).read_bytes().rstrip(b"\n")
     files.bundle.write_bytes(public + b"\n\n# ovi-server local CA\n" + ca_pem)
     return files
-
-
-# --- CLI: `ovi tls init DIR [--name NAME ...]` ---
-
-
-def _cmd_tls_init(args: argparse.Namespace) -> int:
-    files = init_tls(args.directory, args.names)
-    print(f"CA certificate:     {files.ca_cert}")
-    print(f"server certificate: {files.server_cert}")
-    print(f"server key:         {files.server_key}")
-    print(f"CA bundle:          {files.bundle}")
-    print()
-    print("Serve:   ovi serve --tls-cert", files.server_cert, "--tls-key", files.server_key)
-    print("Python:  export SSL_CERT_FILE=" + str(files.bundle.resolve()))
-    print("Node:    export NODE_EXTRA_CA_CERTS=" + str(files.ca_cert.resolve()))
-    return 0
-
-
-def add_tls_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``tls init`` on the ``ovi`` CLI; the chosen parser's ``func(args) -> int`` runs it."""
-    tls = subparsers.add_parser("tls", help="local TLS certificates for https clients")
-    tls_sub = tls.add_subparsers(dest="tls_command", required=True)
-    init = tls_sub.add_parser(
-        "init",
-        help="create a local CA, a server certificate and a CA bundle",
-        description=(
-            "Create DIR/{ca.pem, ca-key.pem, server.pem, server-key.pem, bundle.pem}. "
-            "The server certificate covers localhost, 127.0.0.1 and ::1 plus every --name."
-        ),
-    )
-    init.add_argument("directory", metavar="DIR", type=Path)
-    init.add_argument(
-        "--name",
-        dest="names",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="extra DNS name or IP address for the server certificate (repeatable)",
-    )
-    init.set_defaults(func=_cmd_tls_init)
-    return tls

@@ -18,12 +18,13 @@ The Ed25519 key is created once in the data dir (``webhook-ed25519.pem``) and it
 published as a JWKS at ``GET /.well-known/jwks.json`` (the path fal uses). Receivers verify with
 :func:`verify_webhook` or any Ed25519 library, and should reject timestamps older than ~5 minutes.
 
-Delivery: :meth:`WebhookDispatcher.enqueue` writes the delivery to a small SQLite outbox
-(``webhooks.sqlite3`` in the data dir) and returns at once; a background thread posts due
-deliveries from a few worker threads. A non-2xx answer, a timeout or a refused address is retried
-after ``initial_delay * 2**(n-1)`` (capped), ``max_attempts`` tries in all; the default 10 tries
-with a 15 s start span about two hours, like fal. Pending deliveries survive a restart. Webhook
-URLs pass the same SSRF guard as ``image_url`` fetches (:class:`server.fetch.UrlPolicy`).
+Delivery: :meth:`WebhookDispatcher.enqueue` writes the delivery to the job store's outbox (the
+same `JobStore` as the jobs, so every backend carries it) and returns at once; a background
+thread posts due deliveries from a few worker threads. A non-2xx answer, a timeout or a refused
+address is retried after ``initial_delay * 2**(n-1)`` (capped), ``max_attempts`` tries in all;
+the default 10 tries with a 15 s start span about two hours, like fal. Pending deliveries survive
+a restart. Webhook URLs pass the same SSRF guard as ``image_url`` fetches
+(:class:`server.fetch.UrlPolicy`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from server.fetch import BlockedURLError, UrlPolicy, pinned_request
+from server.jobs.base import Delivery, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ HEADER_TIMESTAMP = "X-Fal-Webhook-Timestamp"
 HEADER_SIGNATURE = "X-Fal-Webhook-Signature"
 JWKS_PATH = "/.well-known/jwks.json"
 KEY_FILE_NAME = "webhook-ed25519.pem"
-OUTBOX_FILE_NAME = "webhooks.sqlite3"
 DEFAULT_TOLERANCE_S = 300.0
 USER_AGENT = "ovi-server (webhook)"
 
@@ -281,42 +281,17 @@ class RetrySchedule:
         return min(self.initial_delay_s * math.pow(2, attempts - 1), self.max_delay_s)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    url TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    body BLOB NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
-"""
-
-
-@dataclass(frozen=True)
-class _Delivery:
-    id: int
-    url: str
-    request_id: str
-    user_id: str
-    body: bytes
-    attempts: int
-
-
 class WebhookDispatcher:
-    """Posts webhooks in the background; :meth:`enqueue` never waits on the network."""
+    """Posts webhooks from the job store's outbox in the background; :meth:`enqueue` never waits
+    on the network. Several dispatchers (API processes) may share one store: each delivery is
+    leased to one of them per attempt."""
 
     def __init__(
         self,
         *,
         signing_key: Ed25519PrivateKey,
         policy: UrlPolicy,
-        db_path: Path | None = None,
+        store: JobStore,
         schedule: RetrySchedule | None = None,
         timeout_s: float = 15.0,
         concurrency: int = 4,
@@ -324,34 +299,27 @@ class WebhookDispatcher:
     ) -> None:
         self.signing_key = signing_key
         self.policy = policy
+        self.store = store
         self.schedule = schedule or RetrySchedule()
         self.timeout_s = timeout_s
         self.concurrency = max(1, concurrency)
+        # An attempt tries each address of the host for `timeout_s`; a dispatcher that dies
+        # mid-attempt leaves the delivery due again once this lease runs out.
+        self.lease_s = 4 * timeout_s + 30.0
         self._clock = clock
-        if db_path is not None:
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(db_path) if db_path is not None else ":memory:",
-            check_same_thread=False,
-            isolation_level=None,
-        )
-        if db_path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._inflight: set[int] = set()
+        self._inflight = 0
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> WebhookDispatcher:
-        data_dir = Path(settings.data_dir)
+    def from_settings(cls, settings: Any, store: JobStore) -> WebhookDispatcher:
         return cls(
-            signing_key=load_or_create_signing_key(data_dir / KEY_FILE_NAME),
+            signing_key=load_or_create_signing_key(Path(settings.data_dir) / KEY_FILE_NAME),
             policy=UrlPolicy.from_settings(settings),
-            db_path=data_dir / OUTBOX_FILE_NAME,
+            store=store,
             schedule=RetrySchedule(
                 max_attempts=settings.webhook_max_attempts,
                 initial_delay_s=settings.webhook_initial_delay_s,
@@ -379,8 +347,9 @@ class WebhookDispatcher:
         error: str | None = None,
         gateway_request_id: str | None = None,
         user_id: str = "local",
-    ) -> int:
-        """Record one delivery and wake the sender; returns the delivery id. Thread-safe."""
+    ) -> bool:
+        """Put one delivery in the outbox and wake the sender; False if this request has one
+        already. Thread-safe."""
         body = build_body(
             request_id=request_id,
             gateway_request_id=gateway_request_id,
@@ -388,20 +357,14 @@ class WebhookDispatcher:
             payload=payload,
             error=error,
         )
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO deliveries (url, request_id, user_id, body, next_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (url, request_id, user_id, body, self._clock(), self._clock()),
-            )
+        delivery = Delivery(request_id=request_id, url=url, body=body, user_id=user_id)
+        added = self.store.add_delivery(delivery, not_before=self._clock())
         self._wake.set()
-        return int(cur.lastrowid or 0)
+        return added
 
     def counts(self) -> dict[str, int]:
-        """Deliveries by state: pending, failed (delivered ones are deleted)."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
-            return {state: n for state, n in rows}
+        """Deliveries by state: pending, failed (delivered ones are gone)."""
+        return self.store.delivery_counts()
 
     # --- lifecycle ---
 
@@ -409,7 +372,7 @@ class WebhookDispatcher:
         if self._thread is not None:
             return
         self._stopping.clear()
-        self._inflight.clear()
+        self._inflight = 0
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ovi-webhook")
         self._thread = threading.Thread(target=self._run, name="ovi-webhooks", daemon=True)
         self._thread.start()
@@ -427,8 +390,6 @@ class WebhookDispatcher:
 
     def close(self) -> None:
         self.stop()
-        with self._lock:
-            self._db.close()
 
     # --- sender side ---
 
@@ -445,68 +406,40 @@ class WebhookDispatcher:
     def _dispatch_due(self) -> float:
         """Hand due deliveries to the pool; return how long to sleep before looking again."""
         now = self._clock()
-        with self._lock:
-            free = self.concurrency - len(self._inflight)
-            rows = []
-            if free > 0:
-                # `id NOT IN (NULL)` would match nothing, so the clause only appears when needed.
-                busy = ",".join("?" * len(self._inflight))
-                exclude = f" AND id NOT IN ({busy})" if busy else ""
-                rows = self._db.execute(
-                    "SELECT id, url, request_id, user_id, body, attempts FROM deliveries"
-                    f" WHERE state = 'pending' AND next_at <= ?{exclude}"
-                    " ORDER BY next_at LIMIT ?",
-                    (now, *self._inflight, free),
-                ).fetchall()
-                for row in rows:
-                    self._inflight.add(row[0])
-            nxt = self._db.execute(
-                "SELECT MIN(next_at) FROM deliveries WHERE state = 'pending' AND next_at > ?",
-                (now,),
-            ).fetchone()[0]
         executor = self._executor
-        for row in rows:
-            delivery = _Delivery(*row[:4], bytes(row[4]), row[5])
-            if executor is None:
-                break
+        with self._lock:
+            free = self.concurrency - self._inflight
+            deliveries: list[Delivery] = []
+            if free > 0 and executor is not None:
+                deliveries = self.store.claim_deliveries(free, lease_s=self.lease_s, now=now)
+                self._inflight += len(deliveries)
+        for delivery in deliveries:
+            assert executor is not None
             executor.submit(self._attempt, delivery)
+        nxt = self.store.next_delivery_at()
         if nxt is None:
             return 5.0
-        return max(0.0, min(float(nxt) - now, 5.0))
+        return max(0.0, min(nxt - now, 5.0))
 
-    def _attempt(self, delivery: _Delivery) -> None:
+    def _attempt(self, delivery: Delivery) -> None:
         try:
             error = self._post(delivery)
         except Exception as e:  # never let one delivery take the pool down
-            log.exception("webhook delivery %s crashed", delivery.id)
+            log.exception("webhook delivery for %s crashed", delivery.request_id)
             error = f"internal error: {e}"
         attempts = delivery.attempts + 1
-        with self._lock:
-            try:
-                if error is None:
-                    self._db.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
-                elif attempts >= self.schedule.max_attempts:
-                    self._db.execute(
-                        "UPDATE deliveries SET attempts = ?, state = 'failed', last_error = ?"
-                        " WHERE id = ?",
-                        (attempts, error, delivery.id),
-                    )
-                else:
-                    self._db.execute(
-                        "UPDATE deliveries SET attempts = ?, next_at = ?, last_error = ?"
-                        " WHERE id = ?",
-                        (
-                            attempts,
-                            self._clock() + self.schedule.delay_after(attempts),
-                            error,
-                            delivery.id,
-                        ),
-                    )
-            finally:
-                self._inflight.discard(delivery.id)
+        final = attempts >= self.schedule.max_attempts
+        try:
+            retry_at = None if final else self._clock() + self.schedule.delay_after(attempts)
+            self.store.finish_delivery(delivery.request_id, error=error, retry_at=retry_at)
+        except Exception:
+            log.exception("could not record the webhook attempt for %s", delivery.request_id)
+        finally:
+            with self._lock:
+                self._inflight -= 1
         if error is None:
             log.info("webhook for %s delivered (attempt %d)", delivery.request_id, attempts)
-        elif attempts >= self.schedule.max_attempts:
+        elif final:
             log.error(
                 "webhook for %s to %s failed for good after %d attempts: %s",
                 delivery.request_id,
@@ -525,7 +458,7 @@ class WebhookDispatcher:
             )
         self._wake.set()
 
-    def _post(self, delivery: _Delivery) -> str | None:
+    def _post(self, delivery: Delivery) -> str | None:
         """One attempt; None on a 2xx answer, else the reason."""
         try:
             url = httpx.URL(delivery.url)

@@ -1,10 +1,12 @@
 """The worker: loads the pipeline once, then claims and runs one job at a time.
 
-The only server module that touches `model`, and only inside functions that run in the worker
-process: the API process imports this file for `WorkerSupervisor` (which spawns the workers)
-without ever importing torch.
+The only server module that touches `model`, and only in the worker process: the API process
+never imports this file (`server.supervisor` spawns processes that do). A worker shares nothing
+with the API but the job store URL and the storage URL (`settings.job_store_url`,
+`settings.storage_url`): it reads a job's input image from the storage by the key the job
+keeps, and saves the output there.
 
-- `pipeline_kwargs` is the one place a fal request becomes pipeline keyword arguments.
+- `sampling_params` is the one place a fal request becomes the clip's `SamplingParams`.
 - A failing job (bad image, bad value, CUDA OOM, any exception) is COMPLETED with an error and
   the worker carries on; `classify_failure` decides its status code and `error_type`.
 - Cancellation is checked between denoising steps (`should_cancel`); a clean shutdown also
@@ -15,26 +17,24 @@ without ever importing torch.
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from server.jobs.base import CANCELLED, Job, JobError, JobStore, WorkerInfo, WorkerState
+from model.sampling import SamplingParams
+from server.jobs import open_store
+from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
-
-if TYPE_CHECKING:
-    from server.storage import LocalStorage
+from server.storage import Storage, open_storage, read_all
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,25 @@ log = logging.getLogger(__name__)
 # --- request -> pipeline ------------------------------------------------------------------------
 
 
-def pipeline_kwargs(app: str, params: dict[str, Any], image: Any = None) -> dict[str, Any]:
-    """The one mapping from a validated fal input (`schemas.Ovi*Input` as a dict) to
-    `OviPipeline.__call__` keyword arguments.
+def sampling_params(app: str, request: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
+    """The one mapping from a validated fal input (`schemas.Ovi*Input` as a dict) to the
+    `SamplingParams` of the clip: the variant's `defaults` with the request's values.
 
-    fal's `resolution` is "WxH" (`992x512` = 992 wide, 512 high). Knobs fal does not expose
-    (solver, shift, guidance, SLG) keep the variant's defaults.
+    fal's `resolution` is "WxH" (`992x512` = 992 wide, 512 high): this is the one place it is
+    parsed. Knobs fal does not expose (solver, shift, guidance, SLG) keep the defaults.
     """
-    kwargs: dict[str, Any] = {
-        "prompt": params["prompt"],
-        "image": image,
-        "negative_prompt": params.get("negative_prompt"),
-        "audio_negative_prompt": params.get("audio_negative_prompt"),
-        "steps": params.get("num_inference_steps"),
-        "seed": params.get("seed"),
+    values: dict[str, Any] = {
+        "video_negative_prompt": request.get("negative_prompt"),
+        "audio_negative_prompt": request.get("audio_negative_prompt"),
+        "steps": request.get("num_inference_steps"),
+        "seed": request.get("seed"),
     }
     if app == T2V_APP:
-        width, height = (int(v) for v in params.get("resolution", "992x512").split("x"))
-        kwargs.update(height=height, width=width)
+        width, height = (int(v) for v in request.get("resolution", "992x512").split("x"))
+        values.update(height=height, width=width)
     elif app != I2V_APP:
         raise ValueError(f"unknown app {app!r}")
-    return kwargs
+    return defaults.replace(**values)
 
 
 def image_error(message: str) -> JobError:
@@ -114,7 +112,7 @@ class JobContext:
     """What `run_job` needs besides the pipeline and the job."""
 
     store: JobStore
-    storage: LocalStorage
+    storage: Storage
     worker_id: str
     tmp_dir: Path
     stopping: Callable[[], bool] = lambda: False  # shutdown: release instead of finishing
@@ -146,21 +144,26 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             job.id, f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER"
         )
 
-    def finish(**kwargs: Any) -> None:
-        if not store.complete(job.id, ctx.worker_id, **kwargs):
+    def finish(outcome: Outcome) -> None:
+        if not store.complete(job.id, ctx.worker_id, outcome):
             log.warning("job %s was taken from this worker before it finished", job.id)
+            return
+        for key in job.input_files.values():  # done with for good: no retry will read them
+            try:
+                ctx.storage.delete(key)
+            except Exception:
+                log.exception("could not delete input %s of job %s", key, job.id)
 
     ctx.on_job(job.id)
     try:
         image = None
         if job.app == I2V_APP:
-            data = store.attachment(job.id, "image")
-            if data is None:
-                raise ValueError("the request's image is missing from the store")
-            image = load_image(data)
-        kwargs = pipeline_kwargs(job.app, job.input, image)
-        store.append_log(job.id, f"Generating ({job.input.get('num_inference_steps')} steps)")
-        out = pipe(**kwargs, callback=on_step, should_cancel=should_cancel)
+            image = load_image(input_image(job, ctx.storage))
+        params = sampling_params(job.app, job.input, pipe.preset.sampling)
+        store.append_log(job.id, f"Generating ({params.steps} steps)")
+        out = pipe(
+            job.input["prompt"], image, params=params, callback=on_step, should_cancel=should_cancel
+        )
         inference_time = time.perf_counter() - started
         store.append_log(job.id, "Encoding MP4")
         ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -169,15 +172,15 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             write_mp4(path, out.video, out.audio, fps=out.fps, sample_rate=out.sample_rate)
             stored = ctx.storage.save(
                 path.read_bytes(),
+                kind="outputs",
                 content_type="video/mp4",
                 file_name=f"{job.id}.mp4",
-                kind="outputs",
             )
         finally:
             path.unlink(missing_ok=True)
         result = {
             "video": {
-                "url": stored.url_path,
+                "url": stored.url,
                 "content_type": "video/mp4",
                 "file_name": stored.file_name,
                 "file_size": stored.file_size,
@@ -186,11 +189,11 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         }
         total = time.perf_counter() - started
         store.append_log(job.id, f"Done in {total:.1f}s (seed {out.seed})")
-        finish(result=result, metrics={"inference_time": round(inference_time, 3)})
+        finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
             store.append_log(job.id, "Cancelled", source="SYSTEM")
-            finish(error=CANCELLED, metrics={"inference_time": _elapsed(started)})
+            finish(Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}))
         else:
             store.release(job.id, ctx.worker_id)
     except Exception as exc:  # a job's failure is recorded, never fatal to the worker
@@ -200,7 +203,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         else:
             log.info("job %s rejected: %s", job.id, error.message)
         store.append_log(job.id, error.message, level="ERROR", source="SYSTEM")
-        finish(error=error, metrics={"inference_time": _elapsed(started)})
+        finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}))
         if "memory" in error.message.lower():
             _free_accelerator_memory()
     finally:
@@ -211,30 +214,29 @@ def _elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 3)
 
 
+def input_image(job: Job, storage: Storage) -> bytes:
+    """The bytes of the job's image, by the storage key it keeps; a ValueError (a 422 for the
+    client) if it is gone."""
+    key = job.input_files.get("image")
+    if key is None:  # queued by a version that kept images in the job database
+        raise ValueError("the request's image is missing (queued before an upgrade); submit again")
+    try:
+        return read_all(storage, key)
+    except FileNotFoundError:
+        raise ValueError(
+            "the request's image is no longer stored (expired); submit again"
+        ) from None
+
+
 # --- the worker loop ----------------------------------------------------------------------------
 
 
 def load_pipeline(settings: ServerSettings, device: str | None = None) -> Any:
-    """The pipeline this deployment serves: a random-weight preset or a real variant."""
-    from model.pipeline import OviPipeline
+    """The pipeline this deployment serves (`settings.source` with `settings.runtime`);
+    `device` overrides the setting (one GPU per worker)."""
+    from model.pipeline import load_pipeline as load
 
-    device = device or settings.device
-    modes = dict(
-        batch_cfg=settings.batch_cfg,
-        block_offload=settings.block_offload,
-        fp8_compute=settings.fp8_compute,
-    )
-    if settings.preset:
-        return OviPipeline.from_preset(settings.preset, device=device, **modes)
-    return OviPipeline.from_pretrained(
-        settings.weights_dir,
-        variant=settings.variant,
-        device=device,
-        cpu_offload=settings.cpu_offload,
-        offload_text_encoder=settings.offload_text_encoder,
-        fp8=settings.fp8,
-        **modes,
-    )
+    return load(settings.source, settings.runtime, device)
 
 
 class Heartbeat:
@@ -272,8 +274,10 @@ class Heartbeat:
         self.beat()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         parent = multiprocessing.parent_process()
@@ -291,14 +295,15 @@ def run_worker(
     stop_event: EventType | threading.Event | None = None,
     device: str | None = None,
     store: JobStore | None = None,
+    storage: Storage | None = None,
     pipeline: Any = None,
 ) -> None:
-    """Load the pipeline, then claim and run jobs until `stop_event` is set."""
-    from server.jobs.sqlite import SqliteJobStore
-    from server.storage import LocalStorage
-
+    """Load the pipeline, then claim and run jobs until `stop_event` is set. The store and the
+    storage default to the ones the settings' URLs name."""
     stop = stop_event or threading.Event()
-    store = store or SqliteJobStore(settings.db_path)
+    own_store, own_storage = store is None, storage is None
+    store = store or open_store(settings.job_store_url)
+    storage = storage or open_storage(settings.storage_url)
     heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
 
@@ -322,7 +327,7 @@ def run_worker(
         heartbeat.set("ready", detail="")
         ctx = JobContext(
             store=store,
-            storage=LocalStorage(settings.files_dir),
+            storage=storage,
             worker_id=worker_id,
             tmp_dir=settings.tmp_dir,
             stopping=stopping,
@@ -341,6 +346,10 @@ def run_worker(
             store.remove_worker(worker_id)
         except Exception:
             log.exception("could not unregister worker %s", worker_id)
+        if own_storage:
+            storage.close()
+        if own_store:
+            store.close()
 
 
 def worker_process_main(
@@ -358,144 +367,3 @@ def worker_process_main(
         run_worker(settings, worker_id, stop_event=stop_event, device=device)
     except KeyboardInterrupt:
         pass
-
-
-# --- the supervisor (runs in the API process) ---------------------------------------------------
-
-
-@dataclass
-class _Slot:
-    index: int
-    process: multiprocessing.process.BaseProcess | None = None
-    worker_id: str = ""
-    started_at: float = 0.0
-    failures: int = 0
-    restart_at: float = 0.0
-
-
-class WorkerSupervisor:
-    """Keeps `settings.workers` worker processes alive (multiprocessing "spawn").
-
-    A worker that dies has its running job re-queued once (then failed) and is restarted, with
-    backoff when it keeps dying early (e.g. the weights do not load).
-    """
-
-    def __init__(
-        self,
-        settings: ServerSettings,
-        store: JobStore,
-        *,
-        target: Callable[..., None] = worker_process_main,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.target = target
-        self._ctx = multiprocessing.get_context("spawn")
-        self._stop_event = self._ctx.Event()
-        self._stopping = threading.Event()
-        self._slots = [_Slot(i) for i in range(settings.workers)]
-        self._thread = threading.Thread(target=self._monitor, name="ovi-supervisor", daemon=True)
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.reap_dead_local_workers()
-        for slot in self._slots:
-            self._spawn(slot)
-        self._thread.start()
-
-    def reap_dead_local_workers(self) -> None:
-        """Workers registered from this host whose process is gone (a crashed previous run):
-        their jobs are recovered now rather than after the staleness timeout."""
-        host = socket.gethostname()
-        dead = [
-            w.id for w in self.store.workers() if w.host == host and w.pid and not _pid_alive(w.pid)
-        ]
-        if dead:
-            recovered = self.store.recover(dead, max_attempts=self.settings.max_attempts)
-            log.warning("recovered %d job(s) of %d dead worker(s)", len(recovered), len(dead))
-
-    def _spawn(self, slot: _Slot) -> None:
-        slot.worker_id = (
-            f"{socket.gethostname()}-{os.getpid()}-w{slot.index}-{uuid.uuid4().hex[:6]}"
-        )
-        slot.process = self._ctx.Process(
-            target=self.target,
-            args=(self.settings, slot.worker_id, slot.index, self._stop_event),
-            name=f"ovi-worker-{slot.index}",
-            daemon=True,
-        )
-        slot.process.start()
-        slot.started_at = time.monotonic()
-        log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
-
-    def _monitor(self) -> None:
-        while not self._stopping.wait(0.25):
-            with self._lock:
-                for slot in self._slots:
-                    self._check(slot)
-
-    def _check(self, slot: _Slot) -> None:
-        if self._stopping.is_set():
-            return
-        process = slot.process
-        if process is not None and process.is_alive():
-            return
-        now = time.monotonic()
-        if process is not None:
-            log.error("worker %s exited with code %s", slot.worker_id, process.exitcode)
-            recovered = self.store.recover(
-                [slot.worker_id], max_attempts=self.settings.max_attempts
-            )
-            if recovered:
-                log.warning("re-queued or failed: %s", ", ".join(recovered))
-            lived = now - slot.started_at
-            slot.failures = 0 if lived > 60 else slot.failures + 1
-            slot.restart_at = now + min(60.0, 0.5 * 2 ** max(0, slot.failures - 1))
-            slot.process = None
-        if now >= slot.restart_at:
-            self._spawn(slot)
-
-    def alive(self) -> list[str]:
-        return [s.worker_id for s in self._slots if s.process is not None and s.process.is_alive()]
-
-    def stop(self, grace_s: float | None = None) -> None:
-        """Ask workers to stop (a running job goes back to the queue), then make sure."""
-        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
-        if self._stopping.is_set() and self._stop_event is None:
-            return  # already stopped
-        self._stopping.set()
-        self._stop_event.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-        deadline = time.monotonic() + grace
-        for slot in self._slots:
-            if slot.process is not None:
-                slot.process.join(max(0.0, deadline - time.monotonic()))
-        for slot in self._slots:
-            process = slot.process
-            if process is None:
-                continue
-            if process.is_alive():
-                log.warning("worker %s did not stop in time; terminating", slot.worker_id)
-                process.terminate()
-                process.join(5)
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
-            self.store.recover([slot.worker_id], max_attempts=self.settings.max_attempts)
-            process.close()
-            slot.process = None
-        # Drop the Event's semaphores now: left for interpreter exit, the resource tracker
-        # reports them as leaked.
-        self._stop_event = None  # type: ignore[assignment]
-        gc.collect()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,4 +1,7 @@
-"""Shared test setup: offline hub, reference fixtures, one tiny pipeline per session."""
+"""Shared test setup: offline hub, reference fixtures, one tiny pipeline per session.
+
+`tiny_pipeline` is the tiny model at about 1 s (`tiny_1s`, 25 frames): the tests check
+behaviour, and one CLI test (`tests/cli/test_cli_generate.py`) runs the real 5 s length."""
 
 from __future__ import annotations
 
@@ -22,4 +25,4 @@ def reference_dir() -> Path:
 def tiny_pipeline():
     from model.pipeline import OviPipeline
 
-    return OviPipeline.from_preset("tiny")
+    return OviPipeline.from_preset("tiny_1s")

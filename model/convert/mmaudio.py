@@ -35,7 +35,7 @@ from diffusers.models.autoencoders.mmaudio_vocoder import (
 from torch import nn
 
 from ..config import AudioVAEConfig, VocoderConfig
-from ..loading import StateDict, check_state_dict, expected_shapes, load_strict
+from ..loading import CheckpointFamily, StateDict, check_state_dict, expected_shapes
 from ..modules.audio_vae import AudioVAE
 from ..modules.vocoder import Vocoder
 
@@ -65,26 +65,23 @@ def normalize_mpconv_weight(weight: torch.Tensor) -> torch.Tensor:
     return w / (norm + MPCONV_EPS * math.sqrt(fan_in))
 
 
-def load_audio_vae(
-    state: Mapping[str, torch.Tensor],
-    config: AudioVAEConfig,
-    *,
-    source: str,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> AudioVAE:
-    """Official VAE state dict (raw weights) -> ready `AudioVAE` on `device` in `dtype`."""
-    with torch.device("meta"):
-        model = AudioVAE(config)
+def convert_audio_vae_file(
+    state: Mapping[str, torch.Tensor], model: AudioVAE, source: str, device: torch.device
+) -> StateDict:
+    """The family's converter: check the file's own keys, prefix them, then normalise every
+    conv weight on `device` in float32 (the load-time transform)."""
     check_state_dict(audio_vae_file_layout(model), state, source)  # names the file's own keys
-    converted = convert_audio_vae_state(state)
     conv_keys = set(model.conv_weight_names())
-    converted = {
+    return {
         key: normalize_mpconv_weight(value.to(device)) if key in conv_keys else value.to(device)
-        for key, value in converted.items()
+        for key, value in convert_audio_vae_state(state).items()
     }
-    load_strict(model, converted, source, dtype=dtype)
-    return model.eval().requires_grad_(False)
+
+
+AUDIO_VAE = CheckpointFamily(name="MMAudio VAE", build=AudioVAE, convert=convert_audio_vae_file)
+load_audio_vae = (
+    AUDIO_VAE.load
+)  # (state, AudioVAEConfig, *, source, dtype=fp32, device) -> AudioVAE
 
 
 def random_audio_vae_state(config: AudioVAEConfig, seed: int) -> StateDict:
@@ -188,21 +185,18 @@ def respell_weight_norm(state: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def load_vocoder(
-    state: Mapping[str, torch.Tensor],
-    config: VocoderConfig,
-    *,
-    source: str,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> Vocoder:
-    """Official `best_netG.pt['generator']` dict (either spelling) -> ready `Vocoder`."""
-    with torch.device("meta"):
-        model = Vocoder(config)
+def convert_vocoder_file(
+    state: Mapping[str, torch.Tensor], model: Vocoder, source: str, device: torch.device
+) -> StateDict:
+    """The family's converter: check the file's keys in the spelling it uses per conv, then fold
+    every (g, v) pair on `device` in float32."""
     check_state_dict(vocoder_file_layout(model, state), state, source)
-    converted = convert_vocoder_state(state, weight_norm_convs(model), device=device)
-    load_strict(model, converted, source, dtype=dtype)
-    return model.eval().requires_grad_(False)
+    return convert_vocoder_state(state, weight_norm_convs(model), device=device)
+
+
+VOCODER = CheckpointFamily(name="BigVGAN", build=Vocoder, convert=convert_vocoder_file)
+# (state, VocoderConfig, *, source, dtype=fp32, device="cpu") -> Vocoder
+load_vocoder = VOCODER.load
 
 
 def anti_alias_filter(module: nn.Module) -> torch.Tensor:

@@ -4,7 +4,8 @@ The file is `models_t5_umt5-xxl-enc-bf16.pth` of `Wan-AI/Wan2.2-TI2V-5B`: a flat
 Wan's own naming (242 tensors at full size, bf16). transformers' `UMT5EncoderModel` computes the
 same function (gated GELU-tanh FFN, no attention scaling, a per-layer bidirectional
 relative-position bias, RMS norms with eps 1e-6), so only the names change. Every key is renamed
-by exactly one anchored rule below; a key no rule matches is an error that names it.
+by exactly one anchored rule below (`convert/rules.py`); a key no rule matches is an error that
+names it.
 
 `UMT5EncoderModel` ties `encoder.embed_tokens` to `shared`: the file's one `token_embedding` is
 loaded into `shared` and the tie is restored afterwards, so the table is held (and cast) once.
@@ -12,59 +13,44 @@ loaded into `shared` and the tie is restored afterwards, so the table is held (a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ..config import T5Config
-from ..loading import CheckpointMismatchError, StateDict, load_strict
+from ..loading import CheckpointFamily, StateDict
+from .rules import KeyRules
 
-# Wan key (fullmatch) -> transformers key; `\1`, `\2` are the captured block and projection.
-_L0 = r"encoder.block.\1.layer.0"  # self-attention sub-layer
-_L1 = r"encoder.block.\1.layer.1"  # feed-forward sub-layer
-RENAME_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), target)
-    for pattern, target in (
-        (r"token_embedding\.weight", "shared.weight"),
-        (r"blocks\.(\d+)\.norm1\.weight", rf"{_L0}.layer_norm.weight"),
-        (r"blocks\.(\d+)\.attn\.([qkvo])\.weight", rf"{_L0}.SelfAttention.\2.weight"),
-        (
-            r"blocks\.(\d+)\.pos_embedding\.embedding\.weight",
-            rf"{_L0}.SelfAttention.relative_attention_bias.weight",
-        ),
-        (r"blocks\.(\d+)\.norm2\.weight", rf"{_L1}.layer_norm.weight"),
-        (r"blocks\.(\d+)\.ffn\.gate\.0\.weight", rf"{_L1}.DenseReluDense.wi_0.weight"),
-        (r"blocks\.(\d+)\.ffn\.fc1\.weight", rf"{_L1}.DenseReluDense.wi_1.weight"),
-        (r"blocks\.(\d+)\.ffn\.fc2\.weight", rf"{_L1}.DenseReluDense.wo.weight"),
-        (r"norm\.weight", "encoder.final_layer_norm.weight"),
-    )
+_L0 = "encoder.block.{n}.layer.0"  # self-attention sub-layer
+_L1 = "encoder.block.{n}.layer.1"  # feed-forward sub-layer
+# Wan key -> transformers key; {n} is the block, {p} the attention projection.
+RULE_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("token_embedding.weight", "shared.weight"),
+    ("blocks.{n}.norm1.weight", f"{_L0}.layer_norm.weight"),
+    ("blocks.{n}.attn.{p}.weight", f"{_L0}.SelfAttention.{{p}}.weight"),
+    (
+        "blocks.{n}.pos_embedding.embedding.weight",
+        f"{_L0}.SelfAttention.relative_attention_bias.weight",
+    ),
+    ("blocks.{n}.norm2.weight", f"{_L1}.layer_norm.weight"),
+    ("blocks.{n}.ffn.gate.0.weight", f"{_L1}.DenseReluDense.wi_0.weight"),
+    ("blocks.{n}.ffn.fc1.weight", f"{_L1}.DenseReluDense.wi_1.weight"),
+    ("blocks.{n}.ffn.fc2.weight", f"{_L1}.DenseReluDense.wo.weight"),
+    ("norm.weight", "encoder.final_layer_norm.weight"),
 )
+RULES = KeyRules(RULE_TEMPLATES, patterns={"n": r"\d+", "p": "[qkvo]"})
 TIED_KEY = "encoder.embed_tokens.weight"  # alias of `shared.weight`, never in the file
 
 
 def rename_key(key: str) -> str | None:
     """The transformers name of one Wan key, or None when no rule matches it."""
-    hits = [(m, t) for p, t in RENAME_RULES if (m := p.fullmatch(key)) is not None]
-    if len(hits) > 1:  # overlapping rules would make the result depend on their order
-        raise ValueError(f"{key!r} matches {len(hits)} rename rules; the table must be disjoint")
-    return hits[0][0].expand(hits[0][1]) if hits else None
+    return RULES.rename(key)
 
 
 def convert_umt5_state(state: Mapping[str, torch.Tensor], source: str) -> StateDict:
     """Wan T5 state dict -> `UMT5EncoderModel` state dict (rename only; tensors untouched)."""
-    out: StateDict = {}
-    unknown: list[str] = []
-    for key, value in state.items():
-        new_key = rename_key(key)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            out[new_key] = value
-    if unknown:
-        raise CheckpointMismatchError(source, [], sorted(unknown), [])
-    return out
+    return RULES.convert(state, source)
 
 
 def umt5_config(config: T5Config) -> UMT5Config:
@@ -90,27 +76,6 @@ def umt5_config(config: T5Config) -> UMT5Config:
     )
 
 
-def load_t5(
-    state: Mapping[str, torch.Tensor],
-    config: T5Config,
-    *,
-    source: str,
-    dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu",
-) -> UMT5EncoderModel:
-    """Wan T5 state dict -> ready `UMT5EncoderModel` on `device` in `dtype`.
-
-    Built on the meta device and assigned, so meta tensors with `device="meta"` check a
-    full-size layout without allocating it.
-    """
-    converted = convert_umt5_state(state, source)
-    with torch.device("meta"):
-        model = UMT5EncoderModel(umt5_config(config))
-    load_strict(model, converted, source, dtype=dtype, computed=(TIED_KEY,))
-    model.encoder.set_input_embeddings(model.shared)  # restore the tie broken by `assign`
-    return model.to(device).eval().requires_grad_(False)
-
-
 def wan_t5_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of a Wan T5 file for `config`, in the file's order."""
     dim, attn, ffn = config.dim, config.dim_attn, config.dim_ffn
@@ -132,22 +97,33 @@ def wan_t5_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_t5_state(config: T5Config, seed: int) -> StateDict:
-    """Random float32 weights in Wan's file format (the random-weight `tiny` preset).
+def _init(key: str, shape: tuple[int, ...], noise: torch.Tensor) -> torch.Tensor:
+    """Linear weights N(0, 1/fan_in), embeddings N(0, 1), norm weights 1 + N(0, 0.1^2),
+    position biases N(0, 0.5^2): activations stay O(1) through the unscaled attention."""
+    if key.endswith(("norm1.weight", "norm2.weight")) or key == "norm.weight":
+        return 1.0 + 0.1 * noise
+    if key == "token_embedding.weight":
+        return noise
+    if key.endswith("pos_embedding.embedding.weight"):
+        return 0.5 * noise
+    return noise / shape[1] ** 0.5  # [out, in] projection: N(0, 1/fan_in)
 
-    Linear weights N(0, 1/fan_in), embeddings N(0, 1), norm weights 1 + N(0, 0.1^2), position
-    biases N(0, 0.5^2): activations stay O(1) through the unscaled attention.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    state: StateDict = {}
-    for key, shape in wan_t5_shapes(config).items():
-        if key.endswith("norm1.weight") or key.endswith("norm2.weight") or key == "norm.weight":
-            value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif key == "token_embedding.weight":
-            value = torch.randn(shape, generator=gen)
-        elif key.endswith("pos_embedding.embedding.weight"):
-            value = 0.5 * torch.randn(shape, generator=gen)
-        else:  # [out, in] projection
-            value = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-        state[key] = value
-    return state
+
+def _tie_embeddings(model: UMT5EncoderModel) -> None:
+    model.encoder.set_input_embeddings(model.shared)  # restore the tie broken by `assign`
+
+
+UMT5 = CheckpointFamily(
+    name="umT5",
+    build=lambda config: UMT5EncoderModel(umt5_config(config)),
+    convert=lambda state, _model, source, _device: convert_umt5_state(state, source),
+    default_dtype=torch.bfloat16,
+    computed=(TIED_KEY,),
+    finish=_tie_embeddings,
+    layout=wan_t5_shapes,
+    init=_init,
+)
+# (state, T5Config, *, source, dtype=bf16, device="cpu") -> UMT5EncoderModel
+load_t5 = UMT5.load
+# (config, seed=0, dtype=fp32, device=None) -> random weights in Wan's file format (`_init`)
+random_t5_state = UMT5.random_state

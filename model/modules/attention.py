@@ -14,7 +14,7 @@ Every attention in `model/` calls `attention(q, k, v)`. Layout is the flash-attn
 `attention_backend(device, dtype)` says which one a call would use (for logs and benchmarks);
 `force_backend("sdpa")` pins plain SDPA for comparisons, `force_backend(None)` undoes it.
 `set_cuda_sdpa_preference([...])` reorders or trims the CUDA SDPA list (the fast path's startup
-check in `model/optimize.py` drops backends that fail on the machine).
+check in `model/optimize/fast_path.py` drops backends that fail on the machine).
 """
 
 from __future__ import annotations

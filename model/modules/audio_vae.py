@@ -32,6 +32,8 @@ class AudioVAE(nn.Module):
     def __init__(self, config: AudioVAEConfig) -> None:
         super().__init__()
         self.config = config
+        # 1. encoder and decoder, 2. the mel statistics (`vae.data_mean` / `vae.data_std`,
+        # buffers from the file): diffusers' MMAudio autoencoder, keys `vae.*`
         self.vae = MMAudioAutoencoder(
             mel_bins=config.data_dim,
             latent_channels=config.embed_dim,
@@ -47,19 +49,19 @@ class AudioVAE(nn.Module):
         ]
 
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, embed_dim, L] -> standardised mel [B, data_dim, 2L]."""
+        """1. z [B, embed_dim, L] -> standardised mel [B, data_dim, 2L]."""
         return self.vae.decoder(z)
 
     def denormalize(self, mel_normalized: torch.Tensor) -> torch.Tensor:
-        """Standardised mel -> log10 mel, the vocoder's input (same shape)."""
+        """2. Standardised mel -> log10 mel, the vocoder's input (same shape)."""
         return mel_normalized * self.vae.data_std + self.vae.data_mean
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, embed_dim, L] -> log10 mel [B, data_dim, 2L], ready for the vocoder."""
-        return self.denormalize(self.decode_normalized(z))
+        return self.denormalize(self.decode_normalized(z))  # 1. decoder, 2. mel statistics
 
     def encode(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log10 mel [B, data_dim, T] -> (mean, logvar) [B, embed_dim, T/2], logvar clamped."""
-        moments = self.vae.encode(mel)  # [B, 2*embed_dim, T/2]; standardises the mel first
+        moments = self.vae.encode(mel)  # [B, 2*embed_dim, T/2]; 2. standardise, 1. encoder
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)

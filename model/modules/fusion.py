@@ -2,9 +2,10 @@
 
 Written from the documented behaviour of the official model (`shared/reference/README.md`,
 "fusion/"), in the order of Wan2.2's `wan/modules/model.py`: helpers (timestep features, RoPE),
-norms, self-attention, cross-attention with fusion, block, head, tower, and last the public
-`FusionModel`. Module names equal the official checkpoint keys (`video_model.blocks.N.self_attn.q`,
-`...cross_attn.k_fusion`, `head.modulation`, ...), so the released files load strictly as they are.
+norms and the other fp32 islands, self-attention, cross-attention with fusion, block, head,
+tower, and last the public `FusionModel`. Module names equal the official checkpoint keys
+(`video_model.blocks.N.self_attn.q`, `...cross_attn.k_fusion`, `head.modulation`, ...), so the
+released files load strictly as they are.
 
 Shape legend
     B          batch
@@ -17,20 +18,24 @@ Shape legend
 
     video latents [B, C, F, H, W]   tokens [B, Lv, D]   audio latents [B, La, Ca]   text [B, Lt, Dt]
 
-Precision (fp32 islands, as Wan keeps them). Linear/conv/attention run in the weight dtype (bf16
-on GPU); these always run in float32, whatever the weight dtype:
-    - the residual streams x (video and audio) and every residual add;
-    - `LayerNorm` (norm1/norm2/norm3, the head norm, pre_attn_norm_fusion) and `RMSNorm`;
+Precision: one compute dtype per model, `FusionModel.dtype` (the weight dtype: bf16 on GPU,
+fp32 on CPU), read once per forward and handed to every block and head in `TowerInputs.dtype`;
+linears, convs and attention run in it. The fp32 islands (as Wan keeps them) are listed in
+`FusionModel.fp32_modules`: their modules compute in float32 whatever their weight dtype
+(`LayerNorm`, `RMSNorm`, `Fp32Sequential`, `Modulation` and the head's modulation table):
+    - `LayerNorm` (norm1/norm2/norm3, the head norm, pre_attn_norm_fusion) and `RMSNorm`
+      (norm_q/norm_k/norm_k_fusion);
     - modulation tables (block `modulation.modulation` + e0, head modulation + e), the
-      shift/scale it applies and the gates;
-    - timestep features (float64 sinusoid) and the time MLPs (time_embedding, time_projection);
-    - RoPE: angles in float64, rotation in float32.
+      shift/scale they apply and the gates;
+    - timestep features (float64 sinusoid) and the time MLPs (time_embedding, time_projection).
+Besides these modules, the residual streams x (video and audio) and every residual add stay
+fp32, and RoPE angles are float64 with the rotation in float32.
 
 The model has no buffers. RoPE angles and timestep features are computed in each forward from
 the latent grid and the timesteps (once per forward, shared by all blocks; cheap next to one
 block), so a model built on the meta device and loaded with `assign=True` is complete.
 
-Fast path (`model/optimize.py` applies it to a loaded model; every switch keeps the outputs equal
+Fast path (`model/optimize/` applies it to a loaded model; every switch keeps the outputs equal
 to float rounding): `fuse_projections()` on the attentions (one GEMM for self-attention q/k/v,
 one for the text k/v, one for the fusion k/v; the state dict keeps the official keys),
 `FusionModel.layer_fn` (the per-layer function, replaced by a compiled one), `FusionModel.offload`
@@ -43,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +57,11 @@ from torch import nn
 from ..config import FusionConfig, TowerConfig
 from .attention import attention
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [L, d/2] float32
+Tensor = torch.Tensor
+Rope = tuple[Tensor, Tensor]  # (cos, sin), each [L, d/2] float32
+Context = tuple[Tensor, Tensor]  # text embeddings (video [B, Ltv, Dt], audio [B, Lta, Dt])
 
 ROPE_THETA = 10000.0
-ROPE_TABLE_LEN = 1024  # rows of the official precomputed tables (max position per axis)
 FUSION_NORM_EPS = 1e-6  # pre_attn_norm_fusion / norm_k_fusion use this, not the config eps
 AUDIO_EMBED_KERNEL = 7  # audio patch embedding: Conv1d + gated ConvMLP, kernel 7, pad 3
 
@@ -85,9 +91,10 @@ def rope_inv_freqs(pairs: int, device: torch.device | None = None) -> torch.Tens
     return 1.0 / torch.pow(ROPE_THETA, exps)
 
 
-def _axis_angles(
-    n: int, pairs: int, scale: float, device: torch.device | None = None
+def rope_axis_angles(
+    n: int, pairs: int, scale: float = 1.0, device: torch.device | None = None
 ) -> torch.Tensor:
+    """Angles of positions 0..n-1 on one axis, float64 [n, pairs]: position * scale * freq_k."""
     positions = torch.arange(n, dtype=torch.float64, device=device)
     return torch.outer(positions, scale * rope_inv_freqs(pairs, device))  # [n, pairs]
 
@@ -104,25 +111,14 @@ def rope_angles(
     pf, ph, pw = rope_split(head_dim)
     if len(grid) == 3:
         f, h, w = grid
-        af = _axis_angles(f, pf, 1.0, device)[:, None, None].expand(f, h, w, pf)
-        ah = _axis_angles(h, ph, 1.0, device)[None, :, None].expand(f, h, w, ph)
-        aw = _axis_angles(w, pw, 1.0, device)[None, None, :].expand(f, h, w, pw)
+        af = rope_axis_angles(f, pf, 1.0, device)[:, None, None].expand(f, h, w, pf)
+        ah = rope_axis_angles(h, ph, 1.0, device)[None, :, None].expand(f, h, w, ph)
+        aw = rope_axis_angles(w, pw, 1.0, device)[None, None, :].expand(f, h, w, pw)
         return torch.cat([af, ah, aw], dim=-1).reshape(f * h * w, head_dim // 2)
     if len(grid) == 1:
-        rotated = _axis_angles(grid[0], pf, scale, device)  # [L, pf]
+        rotated = rope_axis_angles(grid[0], pf, scale, device)  # [L, pf]
         return F.pad(rotated, (0, head_dim // 2 - pf))
     raise ValueError(f"RoPE grid must be (F, H, W) or (L,), got {grid}")
-
-
-def rope_table(config: TowerConfig, length: int = ROPE_TABLE_LEN) -> torch.Tensor:
-    """The official precomputed table as (cos, sin), float64: video [length, d/2, 2], audio
-    [length, n_rot, 2] (only the rotated pairs). Used by conformance; forward uses `rope_angles`."""
-    pf, ph, pw = rope_split(config.head_dim)
-    if config.modality == "video":
-        angles = torch.cat([_axis_angles(length, p, 1.0) for p in (pf, ph, pw)], dim=1)
-    else:
-        angles = _axis_angles(length, pf, config.rope_scale)
-    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 def rope_apply(x: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -133,24 +129,13 @@ def rope_apply(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-def _fp32_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Linear/activation Sequential in float32 whatever its weight dtype (time MLPs)."""
-    x = x.float()
-    for layer in mlp:
-        if isinstance(layer, nn.Linear):
-            x = F.linear(x, layer.weight.float(), layer.bias.float())
-        else:
-            x = layer(x)
-    return x
-
-
 def _per_token(m: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Rows per distinct timestep [B, U, ...] -> per token [B, L, ...] (U == 1: broadcast view)."""
     return m if index is None else m[:, index]
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Norms (fp32 islands)
+# 2. fp32 islands: norms, time MLPs, modulation tables
 # ---------------------------------------------------------------------------------------------
 
 
@@ -175,6 +160,36 @@ class LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class Fp32Sequential(nn.Sequential):
+    """A Linear/activation Sequential computed in float32 whatever its weight dtype (the time
+    MLPs); same keys as `nn.Sequential`. [..., in] -> [..., out] fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                x = F.linear(x, layer.weight.float(), layer.bias.float())
+            else:
+                x = layer(x)
+        return x
+
+
+class Modulation(nn.Module):
+    """A block's adaLN table, `modulation.modulation` [1, 6, D] (the official key), added to the
+    time projection in fp32."""
+
+    def __init__(self, dim: int, n: int) -> None:
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, n, dim) / dim**0.5)
+
+    def forward(self, e0: torch.Tensor) -> list[torch.Tensor]:
+        """e0: [B, U, n, D] fp32 -> n chunks [B, U, D] fp32 (shift, scale, gate, ...)."""
+        return list((self.modulation.float() + e0).unbind(2))
+
+
+FP32_MODULE_TYPES = (RMSNorm, LayerNorm, Fp32Sequential, Modulation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,16 +285,19 @@ def _join_fused_state(
 
 
 class SelfAttention(FusableProjections):
+    """Multi-head self-attention with q/k RMS norms (over the full width) and RoPE."""
+
     FUSIONS = {"qkv": ("q", "k", "v")}
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
+        # 1. projections: q, k, v in, o out
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.o = nn.Linear(dim, dim)
-        # q/k are normalised over the full width, before the heads are split
+        # 2. q/k norms: over the full width, before the heads are split (fp32 islands)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
@@ -288,9 +306,12 @@ class SelfAttention(FusableProjections):
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         """x: [B, L, D] (compute dtype), rope: (cos, sin) [L, d/2] -> [B, L, D]."""
+        # 1. projections in
         q, k, v = self.project("qkv", x)  # [B, L, D] each
+        # 2. q/k norms, heads, RoPE
         q = rope_apply(self._heads(self.norm_q(q)), rope)  # [B, L, N, d]
         k = rope_apply(self._heads(self.norm_k(k)), rope)
+        # attention, then 1.'s projection out
         return self.o(attention(q, k, self._heads(v)).flatten(2))
 
 
@@ -308,7 +329,9 @@ class FusionCrossAttention(SelfAttention):
     def __init__(
         self, dim: int, num_heads: int, qk_norm: bool, eps: float, target_dim: int
     ) -> None:
+        # 1. text attention: q (reads x), k and v (read the text), their norms, o (SelfAttention)
         super().__init__(dim, num_heads, qk_norm, eps)
+        # 2. fusion attention: keys and values from the other tower's normed stream
         self.k_fusion = nn.Linear(target_dim, dim)
         self.v_fusion = nn.Linear(target_dim, dim)
         self.pre_attn_norm_fusion = LayerNorm(target_dim, eps=FUSION_NORM_EPS)
@@ -325,15 +348,16 @@ class FusionCrossAttention(SelfAttention):
     ) -> torch.Tensor:
         """x: [B, L, D] (compute dtype); context: [B, Lt, D] embedded text; target: [B, Lo, Do]
         fp32 stream of the other tower; rope [L, d/2], target_rope [Lo, d/2] -> [B, L, D]."""
+        # 1. text attention: no RoPE, no mask (zero-padded rows are attended too)
         q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, d]
-        # 1. text: no RoPE, no mask (zero-padded rows are attended too)
         k, v = self.project("kv", context)  # [B, Lt, D] each
         x_text = attention(q, self._heads(self.norm_k(k)), self._heads(v))  # [B, L, N, d]
-        # 2. the other modality: same q, rotated with our positions; keys with theirs
+        # 2. fusion attention: the same q, rotated with our positions; keys with theirs
         y = self.pre_attn_norm_fusion(target).to(x.dtype)  # [B, Lo, Do]
         k2, v2 = self.project("kv_fusion", y)  # [B, Lo, D] each
         k2 = rope_apply(self._heads(self.norm_k_fusion(k2)), target_rope)  # [B, Lo, N, d]
         x_fused = attention(rope_apply(q, rope), k2, self._heads(v2))  # [B, L, N, d]
+        # 1.'s output projection of the sum
         return self.o((x_text + x_fused).flatten(2))
 
 
@@ -342,19 +366,28 @@ class FusionCrossAttention(SelfAttention):
 # ---------------------------------------------------------------------------------------------
 
 
-class Modulation(nn.Module):
-    """Holds the block's adaLN table as `modulation.modulation` [1, 6, D] (the official key)."""
+class TowerInputs(NamedTuple):
+    """What one tower's embedding stage hands to the blocks and the head."""
 
-    def __init__(self, dim: int, n: int) -> None:
-        super().__init__()
-        self.modulation = nn.Parameter(torch.randn(1, n, dim) / dim**0.5)
+    x: torch.Tensor  # [B, L, D] fp32 tokens
+    e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep (U = L: per token)
+    e0: torch.Tensor  # [B, U, 6, D] fp32 time projection per distinct timestep
+    index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U is 1 or L
+    context: torch.Tensor  # [B, text_len, D] embedded (zero-padded) text, compute dtype
+    rope: Rope  # (cos, sin) [L, d/2] fp32
+    grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
+    dtype: torch.dtype  # the model's compute dtype (`FusionModel.dtype`)
+
+    def rows(self, sl: slice) -> TowerInputs:
+        """The same inputs for batch rows `sl` only."""
+        return self._replace(x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl])
 
 
 class FusionBlock(nn.Module):
-    """One Wan block of one tower. `FusionModel.forward` interleaves the two towers' block i:
-    audio `self_attention`, video `self_attention`, audio `cross_attention_ffn` (target: video
-    after its self-attention), video `cross_attention_ffn` (target: audio after ITS
-    self-attention, before its cross-attention)."""
+    """One Wan block of one tower. `fusion_layer` interleaves the two towers' block i: audio
+    `self_attention`, video `self_attention`, audio `cross_attention_ffn` (target: video after
+    its self-attention), video `cross_attention_ffn` (target: audio after ITS self-attention,
+    before its cross-attention). The sections below are numbered in that order of use."""
 
     def __init__(self, config: TowerConfig, target_dim: int) -> None:
         super().__init__()
@@ -378,41 +411,37 @@ class FusionBlock(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Linear(config.ffn_dim, dim),
         )
-        # 4. adaLN table: shift/scale/gate for attention, then for the FFN
+        # 4. adaLN table: shift/scale/gate for 1., then for 3.
         self.modulation = Modulation(dim, 6)
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype the linears compute in (the loaded weight dtype; fp8 compute keeps it)."""
-        return self.modulation.modulation.dtype
-
     def modulate(self, e0: torch.Tensor) -> list[torch.Tensor]:
-        """e0: [B, U, 6, D] fp32 -> six [B, U, D] fp32 chunks m0..m5."""
-        return list((self.modulation.modulation.float() + e0).unbind(2))
+        """4. e0: [B, U, 6, D] fp32 -> six [B, U, D] fp32 chunks m0..m5."""
+        return self.modulation(e0)
 
     def self_attention(
-        self, x: torch.Tensor, m: list[torch.Tensor], index: torch.Tensor | None, rope: Rope
+        self, x: torch.Tensor, m: list[torch.Tensor], inputs: TowerInputs
     ) -> torch.Tensor:
-        """Step 1/2. x: [B, L, D] fp32 -> x + SA(LN(x)(1+m1)+m0) * m2, fp32."""
-        dtype = self.compute_dtype
-        shift, scale, gate = (_per_token(c, index) for c in m[0:3])
+        """1. x: [B, L, D] fp32 -> x + SA(LN(x)(1+m1)+m0) * m2, fp32."""
+        shift, scale, gate = (_per_token(c, inputs.index) for c in m[0:3])
         h = self.norm1(x) * (1 + scale) + shift  # fp32
-        return x + self.self_attn(h.to(dtype), rope).float() * gate
+        return x + self.self_attn(h.to(inputs.dtype), inputs.rope).float() * gate
 
     def cross_attention_ffn(
         self,
         x: torch.Tensor,
         m: list[torch.Tensor],
-        index: torch.Tensor | None,
-        context: torch.Tensor,
+        inputs: TowerInputs,
         target: torch.Tensor,
-        rope: Rope,
         target_rope: Rope,
     ) -> torch.Tensor:
-        """Step 3/4. x: [B, L, D] fp32, target: [B, Lo, Do] fp32 -> [B, L, D] fp32."""
-        dtype = self.compute_dtype
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, target, rope, target_rope).float()
-        shift, scale, gate = (_per_token(c, index) for c in m[3:6])
+        """2. and 3. x: [B, L, D] fp32, target: [B, Lo, Do] fp32 stream of the other tower,
+        target_rope: its (cos, sin) [Lo, d/2] -> [B, L, D] fp32."""
+        dtype = inputs.dtype
+        # 2. cross-attention (no gate)
+        h = self.norm3(x).to(dtype)
+        x = x + self.cross_attn(h, inputs.context, target, inputs.rope, target_rope).float()
+        # 3. feed-forward
+        shift, scale, gate = (_per_token(c, inputs.index) for c in m[3:6])
         h = self.norm2(x) * (1 + scale) + shift  # fp32
         return x + self.ffn(h.to(dtype)).float() * gate
 
@@ -422,15 +451,20 @@ class Head(nn.Module):
 
     def __init__(self, dim: int, out_features: int, eps: float) -> None:
         super().__init__()
+        # 1. output norm (fp32)
         self.norm = LayerNorm(dim, eps=eps, elementwise_affine=False)
+        # 2. output projection
         self.head = nn.Linear(dim, out_features)
+        # 1.'s modulation table: (shift, scale) = modulation + e, fp32
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """x: [B, L, D] fp32, e: [B, U, D] fp32 -> [B, L, out_features] fp32."""
-        shift, scale = (self.modulation.float() + e[:, :, None]).unbind(2)  # [B, U, D] each
-        h = self.norm(x) * (1 + _per_token(scale, index)) + _per_token(shift, index)
-        return self.head(h.to(self.head.weight.dtype)).float()
+    def forward(self, x: torch.Tensor, inputs: TowerInputs) -> torch.Tensor:
+        """x: [B, L, D] fp32 -> [B, L, out_features] fp32 (uses inputs.e [B, U, D])."""
+        # 1. output norm, modulated
+        shift, scale = (self.modulation.float() + inputs.e[:, :, None]).unbind(2)  # [B, U, D] each
+        h = self.norm(x) * (1 + _per_token(scale, inputs.index)) + _per_token(shift, inputs.index)
+        # 2. output projection
+        return self.head(h.to(inputs.dtype)).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,30 +492,15 @@ class ConvMLP(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class TowerInputs(NamedTuple):
-    """What one tower's embedding stage hands to the blocks and the head."""
-
-    x: torch.Tensor  # [B, L, D] fp32 tokens
-    e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep (U = L: per token)
-    e0: torch.Tensor  # [B, U, 6, D] fp32 time projection per distinct timestep
-    index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U is 1 or L
-    context: torch.Tensor  # [B, text_len, D] embedded (zero-padded) text, compute dtype
-    rope: Rope  # (cos, sin) [L, d/2] fp32
-    grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
-
-    def rows(self, sl: slice) -> TowerInputs:
-        """The same inputs for batch rows `sl` only."""
-        return self._replace(x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl])
-
-
 class WanTower(nn.Module):
-    """One Wan DiT tower (video `ti2v` or audio `t2a`): embeddings, blocks, head."""
+    """One Wan DiT tower (video `ti2v` or audio `t2a`). `embed` runs sections 1 and 2;
+    `FusionModel.forward` runs 3 (interleaved with the other tower's blocks) and 4."""
 
     def __init__(self, config: TowerConfig, target_dim: int) -> None:
         super().__init__()
         self.config = config
         dim = config.dim
-        # 1. token embedding
+        # 1. patch & position embedding (RoPE has no weights: computed per forward)
         if config.modality == "video":
             self.patch_embedding: nn.Module = nn.Conv3d(
                 config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
@@ -494,19 +513,19 @@ class WanTower(nn.Module):
                 nn.SiLU(),
                 ConvMLP(dim, audio_mlp_hidden(dim)),
             )
-        # 2. text and time embeddings
+        # 2. condition embeddings: text (compute dtype), time (fp32 islands)
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
-        self.time_embedding = nn.Sequential(
+        self.time_embedding = Fp32Sequential(
             nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
         )
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.time_projection = Fp32Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         # 3. blocks
         self.blocks = nn.ModuleList(
             FusionBlock(config, target_dim) for _ in range(config.num_layers)
         )
-        # 4. output head
+        # 4. output norm & projection
         self.head = Head(dim, config.out_dim * math.prod(config.patch_size), config.eps)
 
     def embed(
@@ -516,15 +535,17 @@ class WanTower(nn.Module):
         context: torch.Tensor,
         first_frame_is_clean: bool = False,
         time_per_token: bool = False,
+        *,
+        dtype: torch.dtype,
     ) -> TowerInputs:
-        """latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B]; context: [B, Lt, Dt].
+        """Sections 1 and 2. latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B];
+        context: [B, Lt, Dt]; dtype: the compute dtype.
 
         time_per_token: run the time MLPs on every token's timestep (the official form: same
         values, L times the work) instead of once per distinct timestep.
         """
         cfg = self.config
-        dtype = self.text_embedding[0].weight.dtype
-        # 1. tokens
+        # 1. patch & position embedding: tokens, then RoPE for their grid
         if cfg.modality == "video":
             x = self.patch_embedding(latents.to(dtype))  # [B, D, F, H', W']
             grid = tuple(x.shape[2:])
@@ -533,10 +554,13 @@ class WanTower(nn.Module):
             x = self.patch_embedding(latents.to(dtype).transpose(1, 2))  # [B, D, La]
             grid = (x.shape[2],)
             x = x.transpose(1, 2)  # [B, La, D]
-        x = x.float()
+        x = x.float()  # the residual stream is fp32
         num_tokens = x.shape[1]
+        angles = rope_angles(grid, cfg.head_dim, cfg.rope_scale, x.device)  # [L, d/2] float64
+        rope = (torch.cos(angles).float(), torch.sin(angles).float())
 
-        # 2. time: features per distinct timestep, gathered per token through `index`
+        # 2. condition embeddings
+        # time: features per distinct timestep, gathered per token through `index`
         if first_frame_is_clean:  # frame 0 (the first H'*W' tokens) is clean: t = 0
             rows = torch.stack([torch.zeros_like(t), t], dim=1)  # [B, 2]
             frame0 = grid[1] * grid[2]
@@ -546,17 +570,12 @@ class WanTower(nn.Module):
         if time_per_token:
             rows = _per_token(rows, index).expand(-1, num_tokens)  # [B, L]
             index = None
-        e = _fp32_mlp(self.time_embedding, sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D]
-        e0 = _fp32_mlp(self.time_projection, e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D]
-
-        # 3. text: zero-pad to text_len, embed every row (no mask downstream)
+        e = self.time_embedding(sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D] fp32
+        e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D] fp32
+        # text: zero-pad to text_len, embed every row (no mask downstream)
         pad = cfg.text_len - context.shape[1]
         context = self.text_embedding(F.pad(context.to(dtype), (0, 0, 0, pad)))  # [B, text_len, D]
-
-        # 4. RoPE for this grid
-        angles = rope_angles(grid, cfg.head_dim, cfg.rope_scale, x.device)  # [L, d/2] float64
-        rope = (torch.cos(angles).float(), torch.sin(angles).float())
-        return TowerInputs(x, e, e0, index, context, rope, grid)
+        return TowerInputs(x, e, e0, index, context, rope, grid, dtype)
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         """Head output [B, L, prod(patch) * C] -> video [B, C, F, H, W] / audio [B, La, C]."""
@@ -595,14 +614,10 @@ def fusion_layer(
     so one compiled graph serves all of them.
     """
     mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
-    a = audio_block.self_attention(a, ma, aud.index, aud.rope)  # step 1
-    v = video_block.self_attention(v, mv, vid.index, vid.rope)  # step 2
-    a_next = audio_block.cross_attention_ffn(  # step 3: target = video after step 2
-        a, ma, aud.index, aud.context, v, aud.rope, vid.rope
-    )
-    v = video_block.cross_attention_ffn(  # step 4: target = audio after step 1
-        v, mv, vid.index, vid.context, a, vid.rope, aud.rope
-    )
+    a = audio_block.self_attention(a, ma, aud)  # step 1
+    v = video_block.self_attention(v, mv, vid)  # step 2
+    a_next = audio_block.cross_attention_ffn(a, ma, aud, v, vid.rope)  # step 3: target = v
+    v = video_block.cross_attention_ffn(v, mv, vid, a, aud.rope)  # step 4: target = a (step 1)
     return v, a_next
 
 
@@ -610,7 +625,7 @@ LayerFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # fusion_layer's sig
 
 
 class LayerWeights(Protocol):
-    """Puts layer weights where they compute (block offload, `model/optimize.py`)."""
+    """Puts layer weights where they compute (block offload, `model/optimize/`)."""
 
     def begin(self, layers: list[int]) -> None:
         """A forward will run these layers, in this order."""
@@ -630,6 +645,22 @@ class FusionModel(nn.Module):
     the model has no buffers to materialise (see the module docstring).
     """
 
+    # Modules (and the head's `modulation` table) that compute in float32 whatever the weight
+    # dtype, matched by their last name part: the fp32 islands of the module docstring.
+    fp32_modules: ClassVar[tuple[str, ...]] = (
+        "time_embedding",
+        "time_projection",
+        "modulation",
+        "norm1",
+        "norm2",
+        "norm3",
+        "norm_q",
+        "norm_k",
+        "pre_attn_norm_fusion",
+        "norm_k_fusion",
+        "norm",
+    )
+
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
         video, audio = config.video, config.audio
@@ -640,39 +671,38 @@ class FusionModel(nn.Module):
         if video.head_dim != audio.head_dim or video.dim % video.num_heads:
             raise ValueError("towers must share one head_dim (fusion RoPE rotates across them)")
         self.config = config
+        # 1.-4. each tower: patch & position embedding, condition embeddings, blocks, head
         self.video_model = WanTower(video, target_dim=audio.dim)
         self.audio_model = WanTower(audio, target_dim=video.dim)
-        # run-time switches, not weights (model/optimize.py sets them; see the module docstring)
+        # run-time switches, not weights (model/optimize/ sets them; see the module docstring)
         self.layer_fn: LayerFn = fusion_layer
         self.offload: LayerWeights | None = None
         self.time_per_token = False
 
     @property
     def dtype(self) -> torch.dtype:
+        """The compute dtype: the weight dtype of the layers no fast-path switch replaces."""
         return self.video_model.text_embedding[0].weight.dtype
 
-    def _check_inputs(
-        self,
-        video: torch.Tensor,
-        audio: torch.Tensor,
-        t: torch.Tensor,
-        video_context: torch.Tensor,
-        audio_context: torch.Tensor,
-    ) -> None:
+    def _check_inputs(self, video: Tensor, audio: Tensor, t: Tensor, context: Context) -> None:
+        """Raise ValueError naming the first input whose shape does not fit the config."""
         vc, ac = self.config.video, self.config.audio
-        b = video.shape[0]
         if video.ndim != 5 or video.shape[1] != vc.in_dim:
             raise ValueError(f"video must be [B, {vc.in_dim}, F, H, W], got {list(video.shape)}")
-        if any(s % p for s, p in zip(video.shape[2:], vc.patch_size, strict=True)):
+        batch_size, _, num_frames, height, width = video.shape
+        if any(s % p for s, p in zip((num_frames, height, width), vc.patch_size, strict=True)):
             raise ValueError(f"video grid {list(video.shape[2:])} not divisible by {vc.patch_size}")
-        if audio.ndim != 3 or audio.shape[0] != b or audio.shape[2] != ac.in_dim:
-            raise ValueError(f"audio must be [{b}, La, {ac.in_dim}], got {list(audio.shape)}")
-        if t.numel() not in (1, b):
-            raise ValueError(f"t must hold 1 or {b} timesteps, got {t.numel()}")
-        for name, ctx, cfg in (("video", video_context, vc), ("audio", audio_context, ac)):
-            if ctx.ndim != 3 or ctx.shape[0] != b or ctx.shape[2] != cfg.text_dim:
+        if audio.ndim != 3 or audio.shape[0] != batch_size or audio.shape[2] != ac.in_dim:
+            raise ValueError(
+                f"audio must be [{batch_size}, La, {ac.in_dim}], got {list(audio.shape)}"
+            )
+        if t.numel() not in (1, batch_size):
+            raise ValueError(f"t must hold 1 or {batch_size} timesteps, got {t.numel()}")
+        for name, ctx, cfg in (("video", context[0], vc), ("audio", context[1], ac)):
+            if ctx.ndim != 3 or ctx.shape[0] != batch_size or ctx.shape[2] != cfg.text_dim:
                 raise ValueError(
-                    f"{name}_context must be [{b}, Lt, {cfg.text_dim}], got {list(ctx.shape)}"
+                    f"{name}_context must be [{batch_size}, Lt, {cfg.text_dim}],"
+                    f" got {list(ctx.shape)}"
                 )
             if ctx.shape[1] > cfg.text_len:
                 raise ValueError(
@@ -688,30 +718,29 @@ class FusionModel(nn.Module):
         audio_context: torch.Tensor,
         first_frame_is_clean: bool = False,
         slg_layer: int | bool | None = None,
-        taps: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow predictions for both latents.
 
-        video: [B, C, F, H, W]; audio: [B, La, Ca]; t: [B] or [1] (int or float timesteps);
-        video_context: [B, Ltv, Dt], audio_context: [B, Lta, Dt], Lt <= text_len (zero-padded
-        here; a batch of different prompt lengths may be zero-padded by the caller, same result).
+        video: [batch_size, C, num_frames, height, width] latents; audio: [batch_size, La, Ca];
+        t: [batch_size] or [1] (int or float timesteps); video_context: [batch_size, Ltv, Dt],
+        audio_context: [batch_size, Lta, Dt], Lt <= text_len (zero-padded here; a batch of
+        different prompt lengths may be zero-padded by the caller, same result).
         first_frame_is_clean: the video tower uses t = 0 for latent frame 0 (i2v).
         slg_layer: i > 0 skips block i of both towers; None/False/0 (or < 0) skips nothing.
-        taps: if a dict is given, it is filled with intermediates (embeddings, block outputs).
-        Returns (video [B, C, F, H, W], audio [B, La, Ca]), float32.
+        Returns (video [batch_size, C, num_frames, height, width], audio [batch_size, La, Ca]),
+        float32.
         """
-        self._check_inputs(video, audio, t, video_context, audio_context)
-        return self._forward(
-            video, audio, t, video_context, audio_context, first_frame_is_clean, slg_layer, taps
-        )
+        context = (video_context, audio_context)
+        self._check_inputs(video, audio, t, context)
+        return self._forward(video, audio, t, context, first_frame_is_clean, slg_layer)
 
     def forward_cfg(
         self,
         video: torch.Tensor,
         audio: torch.Tensor,
         t: torch.Tensor,
-        context_pos: tuple[torch.Tensor, torch.Tensor],
-        context_neg: tuple[torch.Tensor, torch.Tensor],
+        context_pos: Context,
+        context_neg: Context,
         first_frame_is_clean: bool = False,
         slg_layer: int | bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -723,8 +752,8 @@ class FusionModel(nn.Module):
         positive rows only. context_*: (video [B, Ltv, Dt], audio [B, Lta, Dt]).
         Returns (video_pos, audio_pos, video_neg, audio_neg).
         """
-        for video_context, audio_context in (context_pos, context_neg):
-            self._check_inputs(video, audio, t, video_context, audio_context)
+        for context in (context_pos, context_neg):
+            self._check_inputs(video, audio, t, context)
         b = video.shape[0]
         t = t.reshape(-1).to(video.device).expand(b)
         padded = [
@@ -738,8 +767,7 @@ class FusionModel(nn.Module):
             torch.cat([video, video]),
             torch.cat([audio, audio]),
             torch.cat([t, t]),
-            padded[0],
-            padded[1],
+            (padded[0], padded[1]),
             first_frame_is_clean,
             slg_layer,
             slg_rows_from=b,
@@ -748,33 +776,25 @@ class FusionModel(nn.Module):
 
     def _forward(
         self,
-        video: torch.Tensor,
-        audio: torch.Tensor,
-        t: torch.Tensor,
-        video_context: torch.Tensor,
-        audio_context: torch.Tensor,
+        video: Tensor,
+        audio: Tensor,
+        t: Tensor,
+        context: Context,
         first_frame_is_clean: bool,
         slg_layer: int | bool | None,
-        taps: dict[str, torch.Tensor] | None = None,
         slg_rows_from: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """`forward` after the input checks; the skipped layer skips rows >= slg_rows_from."""
-        # 0. inputs
         t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
+        dtype, per_token = self.dtype, self.time_per_token
 
-        # 1. embeddings of both towers
-        per_token = self.time_per_token
-        vid = self.video_model.embed(video, t, video_context, first_frame_is_clean, per_token)
-        aud = self.audio_model.embed(audio, t, audio_context, time_per_token=per_token)
-        if taps is not None:
-            for name, inp in (("video", vid), ("audio", aud)):
-                n = inp.x.shape[1]
-                taps[f"{name}_tokens_embedded"] = inp.x
-                taps[f"{name}_time_emb"] = _per_token(inp.e, inp.index).expand(-1, n, -1)
-                taps[f"{name}_time_proj"] = _per_token(inp.e0, inp.index).expand(-1, n, -1, -1)
-                taps[f"{name}_context_emb"] = inp.context
+        # 1. patch & position embedding, 2. condition embeddings: both towers
+        vid = self.video_model.embed(
+            video, t, context[0], first_frame_is_clean, per_token, dtype=dtype
+        )
+        aud = self.audio_model.embed(audio, t, context[1], time_per_token=per_token, dtype=dtype)
 
-        # 2. fusion layers (both residual streams stay fp32)
+        # 3. blocks: the fusion layers (both residual streams stay fp32)
         v, a = vid.x, aud.x
         video_blocks, audio_blocks = self.video_model.blocks, self.audio_model.blocks
         layers = [
@@ -796,10 +816,8 @@ class FusionModel(nn.Module):
                 a = torch.cat([a_run, a[slg_rows_from:]])
             if self.offload is not None:
                 self.offload.release(i)
-            if taps is not None:
-                taps[f"block{i}.video_out"], taps[f"block{i}.audio_out"] = v, a
 
-        # 3. heads
-        video_out = self.video_model.head(v, vid.e, vid.index)  # [B, Lv, prod(patch) * C]
-        audio_out = self.audio_model.head(a, aud.e, aud.index)  # [B, La, Ca]
+        # 4. output norm & projection: both heads, then the video unpatchify
+        video_out = self.video_model.head(v, vid)  # [B, Lv, prod(patch) * C]
+        audio_out = self.audio_model.head(a, aud)  # [B, La, Ca]
         return self.video_model.unpatchify(video_out, vid.grid), audio_out

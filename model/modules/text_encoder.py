@@ -99,16 +99,18 @@ class TextEncoder(nn.Module):
             raise ValueError("pass either tokenizer or tokenizer_dir, not both")
         if tokenizer_dir is not None:
             tokenizer = load_tokenizer(tokenizer_dir)
-        self.model = model  # transformers UMT5EncoderModel (or anything with its forward)
+        # 1. the tokenizer: cleaned prompts -> ids and mask, padded to text_len
         self.tokenizer = tokenizer
         self.text_len = text_len
+        # 2. the encoder: transformers UMT5EncoderModel (or anything with its forward)
+        self.model = model
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cleaned prompts -> (ids, mask), each [B, text_len] int64, padded with 0 after eos."""
+        """1. Cleaned prompts -> (ids, mask), each [B, text_len] int64, padded with 0 after eos."""
         if self.tokenizer is None:
             raise ValueError("this TextEncoder has no tokenizer; pass token ids to encode_ids()")
         batch = self.tokenizer(
@@ -123,7 +125,7 @@ class TextEncoder(nn.Module):
         return batch["input_ids"], batch["attention_mask"]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask [B, L] -> hidden states [B, L, dim] for every position (padding included)."""
+        """2. ids, mask [B, L] -> hidden states [B, L, dim] for every position (padding included)."""
         device = self.device
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
         return out.last_hidden_state
@@ -137,5 +139,5 @@ class TextEncoder(nn.Module):
         """Prompts -> B contexts [len_b, dim], len_b <= text_len (eos included)."""
         if isinstance(prompts, str):
             raise TypeError("encode() takes a list of prompts, not a single string")
-        ids, mask = self.tokenize(prompts)
-        return self.encode_ids(ids, mask)
+        ids, mask = self.tokenize(prompts)  # 1. tokenizer
+        return self.encode_ids(ids, mask)  # 2. encoder, real-token rows only

@@ -27,13 +27,18 @@ from ..config import WanVAEConfig
 
 
 class VideoVAE(nn.Module):
-    """Wan2.2 VAE with Ovi's latent normalisation; `self.vae` holds the checkpoint weights."""
+    """Wan2.2 VAE with Ovi's latent normalisation; `self.vae` holds the checkpoint weights.
+
+    One compute dtype, `dtype` (the weights'): inputs are moved to it. The latent statistics
+    stay float32 constants and are cast to the latent's dtype where they are applied.
+    """
 
     def __init__(self, config: WanVAEConfig) -> None:
         super().__init__()
         if len(config.latents_mean) != config.z_dim or len(config.latents_std) != config.z_dim:
             raise ValueError(f"latents_mean/latents_std must have z_dim={config.z_dim} entries")
         self.config = config
+        # 1. the network: diffusers' Wan2.2 VAE (encoder, decoder, quant convs; the file's keys)
         self.vae = AutoencoderKLWan(
             base_dim=config.dim,
             decoder_base_dim=config.dec_dim,
@@ -52,6 +57,7 @@ class VideoVAE(nn.Module):
             scale_factor_temporal=config.temporal_compression,
             scale_factor_spatial=config.spatial_compression,
         )
+        # 2. latent statistics: float32 constants of the config, never in the file
         self.register_buffer("latents_mean", torch.empty(config.z_dim), persistent=False)
         self.register_buffer("latents_std", torch.empty(config.z_dim), persistent=False)
         self.reset_latent_stats()
@@ -74,6 +80,7 @@ class VideoVAE(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The compute dtype (the weights')."""
         return self._weight.dtype
 
     @property
@@ -132,7 +139,9 @@ class VideoVAE(nn.Module):
         The posterior mean, normalised to (mu - mean) / std unless `normalize=False`.
         """
         self._check_pixels(video)
+        # 1. the network's posterior mean, in the weight dtype
         mu = self.vae.encode(video.to(self._weight)).latent_dist.mean
+        # 2. latent statistics
         return self.normalize(mu) if normalize else mu
 
     @torch.no_grad()
@@ -159,6 +168,7 @@ class VideoVAE(nn.Module):
             raise ValueError(
                 f"latent must be [B, {self.config.z_dim}, F, h, w], got {list(latent.shape)}"
             )
+        # 2. latent statistics (undone), then 1. the network's decoder
         z = self.denormalize(latent.to(self._weight))
         if clamp:
             return self.vae.decode(z).sample

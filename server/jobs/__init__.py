@@ -1,27 +1,85 @@
-"""Job store: the durable queue shared by the API and the workers (see `base.JobStore`)."""
+"""Job store: the durable queue shared by the API and the workers (see `base.JobStore`).
+
+`open_store(url)` is the only way the API, the workers and the maintenance loop get one: the
+`job_store` setting names it by URL, and each backend is one module plus one entry in `BACKENDS`.
+"""
 
 from __future__ import annotations
 
-from server.jobs.base import Job, JobError, JobStatus, JobStore, LogEntry, NewJob, WorkerInfo
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from server.jobs.base import (
+    Delivery,
+    Job,
+    JobError,
+    JobStatus,
+    JobStore,
+    LogEntry,
+    NewJob,
+    Outcome,
+    WorkerInfo,
+)
+from server.jobs.errors import (
+    JobAlreadyCompletedError,
+    JobNotFoundError,
+    JobStoreError,
+    QueueFullError,
+)
 from server.jobs.sqlite import SqliteJobStore
 
 __all__ = [
+    "BACKENDS",
+    "Delivery",
     "Job",
+    "JobAlreadyCompletedError",
     "JobError",
+    "JobNotFoundError",
     "JobStatus",
     "JobStore",
+    "JobStoreError",
     "LogEntry",
     "NewJob",
+    "Outcome",
+    "QueueFullError",
     "SqliteJobStore",
     "WorkerInfo",
     "open_store",
+    "sqlite_path",
 ]
 
 
-def open_store(url_or_path: str) -> JobStore:
-    """Open the store a settings value names: a SQLite file path (or `sqlite:///path`)."""
-    if url_or_path.startswith("sqlite:///"):
-        url_or_path = url_or_path.removeprefix("sqlite:///")
-    elif "://" in url_or_path:
-        raise ValueError(f"unsupported job store {url_or_path!r}; only SQLite files for now")
-    return SqliteJobStore(url_or_path)
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///relative/path` or `sqlite:////absolute/path` URL (SQLAlchemy's
+    spelling: the path follows the third slash)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ValueError(f"a SQLite job store URL is sqlite:///path/to/jobs.sqlite3, not {url!r}")
+    path = unquote(parts.path[1:])
+    if not path or path.endswith("/") or parts.query or parts.fragment:
+        raise ValueError(f"a SQLite job store URL names a file: sqlite:///path, not {url!r}")
+    return Path(path)
+
+
+BACKENDS: dict[str, Callable[[str], JobStore]] = {
+    "sqlite": lambda url: SqliteJobStore(sqlite_path(url)),
+}
+
+
+def check_store_url(url: str) -> str:
+    """`url` if a backend serves its scheme; a ValueError naming the supported ones otherwise."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in BACKENDS:
+        supported = ", ".join(f"{name}://" for name in BACKENDS)
+        raise ValueError(
+            f"unsupported job store URL {url!r}: the supported schemes are {supported}"
+        )
+    if scheme == "sqlite":
+        sqlite_path(url)
+    return url
+
+
+def open_store(url: str) -> JobStore:
+    """Open the job store `url` names, e.g. `sqlite:///data/jobs.sqlite3` (the default)."""
+    return BACKENDS[urlsplit(check_store_url(url)).scheme](url)

@@ -1,9 +1,12 @@
-"""The job store: the queue, the request records and the worker registry behind one interface.
+"""The job store: the queue, the request records, the worker registry and the webhook outbox
+behind one interface.
 
 Routes only write and read the store; workers (in child processes here, on other machines later)
-claim from it. Everything a route or a worker needs goes through `JobStore`, so a Redis store
-can replace `SqliteJobStore` without touching either. Methods are synchronous: the worker calls
-them from its loop, and async routes call them through a thread (`anyio.to_thread`).
+claim from it. Everything a route, a worker or the maintenance loop needs goes through
+`JobStore`, so another backend (Redis, ...) replaces `SqliteJobStore` by one URL setting
+(`server.jobs.open_store`) without touching any of them; `tests/contract` holds every backend to
+the same behaviour. Methods are synchronous: the worker calls them from its loop, and async routes
+call them through a thread (`anyio.to_thread`). Refusals are the classes of `server.jobs.errors`.
 
 Lifecycle of a job (the three states fal's clients understand):
 
@@ -11,11 +14,13 @@ Lifecycle of a job (the three states fal's clients understand):
         |                   |  \\--release (shutdown)--> IN_QUEUE (same place, no attempt used)
         |                   \\--worker died--> IN_QUEUE once more, then COMPLETED with an error
         \\--cancel / start deadline passed--> COMPLETED with an error
+
+A job's input files (the i2v image) live in `server.storage`; the job keeps only their keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal, Protocol
@@ -45,12 +50,7 @@ class JobError:
     detail: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "message": self.message,
-            "error_type": self.error_type,
-            "status_code": self.status_code,
-            "detail": self.detail,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobError:
@@ -89,9 +89,18 @@ class NewJob:
     priority: Priority = "normal"
     start_timeout_s: float | None = None  # X-Fal-Request-Timeout
     webhook_url: str | None = None
-    attachments: dict[str, bytes] = field(default_factory=dict)  # e.g. {"image": b"..."}
+    input_files: dict[str, str] = field(default_factory=dict)  # name -> storage key
     request_id: str | None = None  # None: the store makes one
     user_id: str = "local"  # who submitted it (an API key's id), for webhook signatures
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a worker ends a job: a `result`, or an `error`; `metrics` either way."""
+
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    metrics: dict[str, Any] | None = None
 
 
 @dataclass
@@ -115,6 +124,7 @@ class Job:
     webhook_url: str | None = None
     gateway_request_id: str | None = None
     user_id: str = "local"
+    input_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -129,12 +139,7 @@ class LogEntry:
     timestamp: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {
-            "message": self.message,
-            "level": self.level,
-            "source": self.source,
-            "timestamp": self.timestamp,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -149,15 +154,19 @@ class WorkerInfo:
     started_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "host": self.host,
-            "pid": self.pid,
-            "job_id": self.job_id,
-            "detail": self.detail,
-            "heartbeat_at": iso_timestamp(self.heartbeat_at),
-        }
+        shown = {k: v for k, v in asdict(self).items() if k not in ("heartbeat_at", "started_at")}
+        return {**shown, "heartbeat_at": iso_timestamp(self.heartbeat_at)}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook in the outbox: the signed body is made per attempt from these fields."""
+
+    request_id: str  # one delivery per request
+    url: str
+    body: bytes
+    user_id: str = "local"
+    attempts: int = 0  # failed attempts so far
 
 
 def iso_timestamp(t: float) -> str:
@@ -173,7 +182,7 @@ class JobStore(Protocol):
         ...
 
     def get(self, request_id: str) -> Job:
-        """The job, with a passed start deadline applied; `RequestNotFoundError` if unknown."""
+        """The job, with a passed start deadline applied; `JobNotFoundError` if unknown."""
         ...
 
     def queue_position(self, request_id: str) -> int | None:
@@ -186,15 +195,11 @@ class JobStore(Protocol):
 
     def cancel(self, request_id: str) -> Job:
         """Cancel: a waiting job completes as cancelled now, a running one gets the flag its
-        worker checks between steps. `AlreadyCompletedError` after completion."""
+        worker checks between steps. `JobAlreadyCompletedError` after completion."""
         ...
 
     def counts(self) -> dict[str, int]:
         """Jobs per state: {"IN_QUEUE": n, "IN_PROGRESS": m}."""
-        ...
-
-    def take_webhooks(self, limit: int = 100) -> list[Job]:
-        """Completed jobs whose webhook is due, each handed out once."""
         ...
 
     # --- workers ---
@@ -202,23 +207,13 @@ class JobStore(Protocol):
         """Atomically take the next waiting job (normal before low, oldest first)."""
         ...
 
-    def attachment(self, request_id: str, name: str) -> bytes | None: ...
-
     def append_log(
         self, request_id: str, message: str, *, level: str = "INFO", source: str = "USER"
     ) -> None: ...
 
     def is_cancel_requested(self, request_id: str) -> bool: ...
 
-    def complete(
-        self,
-        request_id: str,
-        worker_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: JobError | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> bool:
+    def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         """Record the end of a job this worker holds; False if it no longer holds it."""
         ...
 
@@ -238,7 +233,8 @@ class JobStore(Protocol):
         ...
 
     def stale_workers(self, older_than_s: float) -> list[str]:
-        """Workers whose last heartbeat is older than this."""
+        """Workers whose last heartbeat is older than this, and ids holding running jobs with
+        no worker record at all."""
         ...
 
     def expire_overdue(self) -> int:
@@ -246,7 +242,40 @@ class JobStore(Protocol):
         ...
 
     def sweep(self, older_than_s: float) -> int:
-        """Delete jobs that completed longer ago than this; returns how many."""
+        """Delete jobs that completed longer ago than this (not before their webhook is in the
+        outbox), and failed deliveries as old; returns how many jobs."""
+        ...
+
+    # --- webhook outbox ---
+    def webhooks_due(self, limit: int = 100) -> list[Job]:
+        """Completed jobs with a webhook URL and no delivery in the outbox yet."""
+        ...
+
+    def add_delivery(self, delivery: Delivery, *, not_before: float | None = None) -> bool:
+        """Put a delivery in the outbox (due at `not_before`, default now) and mark its job's
+        webhook as handed over, in one step; False if the request has one already."""
+        ...
+
+    def claim_deliveries(
+        self, limit: int, *, lease_s: float, now: float | None = None
+    ) -> list[Delivery]:
+        """Up to `limit` due deliveries, each leased for `lease_s` (a sender that dies leaves
+        it due again after the lease)."""
+        ...
+
+    def finish_delivery(
+        self, request_id: str, *, error: str | None = None, retry_at: float | None = None
+    ) -> None:
+        """After an attempt: delivered (no `error`) leaves the outbox; a failure counts an
+        attempt and is retried at `retry_at`, or given up for good when that is None."""
+        ...
+
+    def next_delivery_at(self) -> float | None:
+        """When the earliest pending delivery is due; None when none is pending."""
+        ...
+
+    def delivery_counts(self) -> dict[str, int]:
+        """Outbox entries per state (`pending`, `failed`); delivered ones are gone."""
         ...
 
     def close(self) -> None: ...

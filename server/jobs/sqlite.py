@@ -3,7 +3,11 @@
 The API process and the worker processes each open the file; every state change is one
 `BEGIN IMMEDIATE` transaction, so a claim, a cancel and a completion never interleave. Queued
 jobs survive a restart; queue order is (priority, insertion sequence), so a job re-queued after
-its worker died keeps its place at the front.
+its worker died keeps its place at the front. The webhook outbox is a table of the same file.
+
+Schema 1 (before input files moved to `server.storage`) kept input images as blobs; opening such a
+file adds the new columns and drops the blobs: an image-to-video job still queued from then fails
+with a clear error when a worker claims it (see `server.worker.run_job`).
 """
 
 from __future__ import annotations
@@ -15,25 +19,28 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from server.errors import AlreadyCompletedError, QueueFullError, RequestNotFoundError
 from server.jobs.base import (
     CANCELLED,
     PRIORITIES,
     START_TIMEOUT,
     WORKER_LOST,
+    Delivery,
     Job,
     JobError,
     JobStatus,
     LogEntry,
     NewJob,
+    Outcome,
     WorkerInfo,
     iso_timestamp,
 )
+from server.jobs.errors import JobAlreadyCompletedError, JobNotFoundError, QueueFullError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,7 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_url TEXT,
     gateway_request_id TEXT,
     user_id TEXT NOT NULL DEFAULT 'local',
-    webhook_state TEXT  -- NULL: none, 'due': to hand out, 'sent': handed to the dispatcher
+    webhook_state TEXT,  -- NULL: none, 'due': to hand to the outbox, 'sent': in the outbox
+    input_files TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_state);
@@ -69,12 +77,6 @@ CREATE TABLE IF NOT EXISTS job_logs (
     message TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
 );
-CREATE TABLE IF NOT EXISTS job_attachments (
-    job_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, name)
-);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -85,10 +87,29 @@ CREATE TABLE IF NOT EXISTS workers (
     detail TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    request_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- 'pending' or 'failed' (delivered: deleted)
+    last_error TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_at);
 """
+_MIGRATIONS = {  # from schema 1: input files are storage keys now, not blobs here
+    "input_files": "ALTER TABLE jobs ADD COLUMN input_files TEXT NOT NULL DEFAULT '{}'",
+}
 _WAITING = JobStatus.IN_QUEUE.value
 _RUNNING = JobStatus.IN_PROGRESS.value
 _DONE = JobStatus.COMPLETED.value
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+_JSON_FIELDS = ("input", "result", "metrics", "input_files")
+_HELD = "SELECT cancel_requested FROM jobs WHERE id=? AND status=? AND worker_id=?"
+_REQUEUE = "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL, start_deadline=NULL"
 
 
 class SqliteJobStore:
@@ -114,7 +135,15 @@ class SqliteJobStore:
             for statement in _SCHEMA.split(";"):  # executescript would commit mid-transaction
                 if statement.strip():
                     c.execute(statement)
+            columns = {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    c.execute(statement)
+            c.execute("DROP TABLE IF EXISTS job_attachments")
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        return f"SqliteJobStore({str(self.path)!r})"
 
     # --- plumbing ---
 
@@ -136,38 +165,27 @@ class SqliteJobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
+        values = {name: row[name] for name in _JOB_FIELDS}
+        for name in _JSON_FIELDS:
+            values[name] = json.loads(values[name]) if values[name] else None
         error = json.loads(row["error"]) if row["error"] else None
         return Job(
-            id=row["id"],
-            app=row["app"],
-            input=json.loads(row["input"]),
-            status=JobStatus(row["status"]),
-            priority=PRIORITIES[row["priority"]],  # type: ignore[arg-type]
-            created_at=row["created_at"],
-            base_url=row["base_url"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            start_deadline=row["start_deadline"],
-            cancel_requested=bool(row["cancel_requested"]),
-            attempts=row["attempts"],
-            worker_id=row["worker_id"],
-            result=json.loads(row["result"]) if row["result"] else None,
-            error=JobError.from_dict(error) if error else None,
-            metrics=json.loads(row["metrics"] or "{}"),
-            webhook_url=row["webhook_url"],
-            gateway_request_id=row["gateway_request_id"],
-            user_id=row["user_id"],
+            **{
+                **values,
+                "status": JobStatus(row["status"]),
+                "priority": PRIORITIES[row["priority"]],
+                "cancel_requested": bool(row["cancel_requested"]),
+                "error": JobError.from_dict(error) if error else None,
+                "metrics": values["metrics"] or {},
+                "input_files": values["input_files"] or {},
+            }
         )
 
+    def _row(self, c: sqlite3.Connection, request_id: str) -> Job:
+        return self._job(c.execute("SELECT * FROM jobs WHERE id=?", (request_id,)).fetchone())
+
     @staticmethod
-    def _finish(
-        c: sqlite3.Connection,
-        request_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: JobError | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> None:
+    def _finish(c: sqlite3.Connection, request_id: str, outcome: Outcome) -> None:
         c.execute(
             "UPDATE jobs SET status=?, finished_at=?, result=?, error=?,"
             " metrics=COALESCE(?, metrics),"
@@ -176,13 +194,12 @@ class SqliteJobStore:
             (
                 _DONE,
                 time.time(),
-                json.dumps(result) if result is not None else None,
-                json.dumps(error.to_dict()) if error is not None else None,
-                json.dumps(metrics) if metrics is not None else None,
+                json.dumps(outcome.result) if outcome.result is not None else None,
+                json.dumps(outcome.error.to_dict()) if outcome.error is not None else None,
+                json.dumps(outcome.metrics) if outcome.metrics is not None else None,
                 request_id,
             ),
         )
-        c.execute("DELETE FROM job_attachments WHERE job_id=?", (request_id,))
 
     @staticmethod
     def _log(c: sqlite3.Connection, request_id: str, message: str, level: str, source: str) -> None:
@@ -192,15 +209,22 @@ class SqliteJobStore:
             (request_id, time.time(), level, source, message, request_id),
         )
 
+    def _fail(self, c: sqlite3.Connection, request_id: str, error: JobError, log: str) -> None:
+        self._finish(c, request_id, Outcome(error=error))
+        self._log(c, request_id, log, "ERROR" if error is not CANCELLED else "INFO", "SYSTEM")
+
     def _expire_overdue(self, c: sqlite3.Connection) -> int:
         rows = c.execute(
             "SELECT id FROM jobs WHERE status=? AND start_deadline IS NOT NULL AND start_deadline<?",
             (_WAITING, time.time()),
         ).fetchall()
         for row in rows:
-            self._finish(c, row["id"], error=START_TIMEOUT)
-            self._log(c, row["id"], START_TIMEOUT.message, "ERROR", "SYSTEM")
+            self._fail(c, row["id"], START_TIMEOUT, START_TIMEOUT.message)
         return len(rows)
+
+    def _held(self, c: sqlite3.Connection, request_id: str, worker_id: str) -> sqlite3.Row | None:
+        """The job's row if this worker holds it (IN_PROGRESS, claimed by it), else None."""
+        return c.execute(_HELD, (request_id, _RUNNING, worker_id)).fetchone()
 
     # --- routes ---
 
@@ -213,11 +237,11 @@ class SqliteJobStore:
             if max_queue_size is not None:
                 waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (_WAITING,))
                 if waiting.fetchone()[0] >= max_queue_size:
-                    raise QueueFullError()
+                    raise QueueFullError(request_id)
             c.execute(
                 "INSERT INTO jobs (id, app, input, status, priority, created_at, base_url,"
-                " start_deadline, webhook_url, gateway_request_id, user_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_deadline, webhook_url, gateway_request_id, user_id, input_files)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     job.app,
@@ -230,20 +254,15 @@ class SqliteJobStore:
                     job.webhook_url,
                     gateway_id,
                     job.user_id,
+                    json.dumps(job.input_files),
                 ),
             )
-            for name, data in job.attachments.items():
-                c.execute(
-                    "INSERT INTO job_attachments (job_id, name, data) VALUES (?, ?, ?)",
-                    (request_id, name, sqlite3.Binary(data)),
-                )
-            row = c.execute("SELECT * FROM jobs WHERE id=?", (request_id,)).fetchone()
-        return self._job(row)
+            return self._row(c, request_id)
 
     def get(self, request_id: str) -> Job:
         rows = self._read("SELECT * FROM jobs WHERE id=?", (request_id,))
         if not rows:
-            raise RequestNotFoundError(request_id=None)
+            raise JobNotFoundError(request_id)
         job = self._job(rows[0])
         if (
             job.status is JobStatus.IN_QUEUE
@@ -273,13 +292,7 @@ class SqliteJobStore:
             (request_id, since),
         )
         return [
-            LogEntry(
-                message=r["message"],
-                level=r["level"],
-                source=r["source"],
-                timestamp=iso_timestamp(r["ts"]),
-            )
-            for r in rows
+            LogEntry(r["message"], r["level"], r["source"], iso_timestamp(r["ts"])) for r in rows
         ]
 
     def cancel(self, request_id: str) -> Job:
@@ -287,17 +300,15 @@ class SqliteJobStore:
             self._expire_overdue(c)
             row = c.execute("SELECT status FROM jobs WHERE id=?", (request_id,)).fetchone()
             if row is None:
-                raise RequestNotFoundError()
+                raise JobNotFoundError(request_id)
             if row["status"] == _DONE:
-                raise AlreadyCompletedError(request_id=request_id)
+                raise JobAlreadyCompletedError(request_id)
             if row["status"] == _WAITING:
-                self._finish(c, request_id, error=CANCELLED)
-                self._log(c, request_id, "Cancelled while in the queue", "INFO", "SYSTEM")
+                self._fail(c, request_id, CANCELLED, "Cancelled while in the queue")
             else:
                 c.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (request_id,))
                 self._log(c, request_id, "Cancellation requested", "INFO", "SYSTEM")
-            row = c.execute("SELECT * FROM jobs WHERE id=?", (request_id,)).fetchone()
-        return self._job(row)
+            return self._row(c, request_id)
 
     def counts(self) -> dict[str, int]:
         rows = self._read(
@@ -307,16 +318,6 @@ class SqliteJobStore:
         counts = {_WAITING: 0, _RUNNING: 0}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
-
-    def take_webhooks(self, limit: int = 100) -> list[Job]:
-        with self._tx() as c:
-            rows = c.execute(
-                "SELECT * FROM jobs WHERE webhook_state='due' ORDER BY finished_at LIMIT ?",
-                (limit,),
-            ).fetchall()
-            for row in rows:
-                c.execute("UPDATE jobs SET webhook_state='sent' WHERE id=?", (row["id"],))
-        return [self._job(r) for r in rows]
 
     # --- workers ---
 
@@ -337,14 +338,7 @@ class SqliteJobStore:
                 (_RUNNING, time.time(), worker_id, row["id"]),
             )
             c.execute("UPDATE workers SET job_id=? WHERE id=?", (row["id"], worker_id))
-            job = c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
-        return self._job(job)
-
-    def attachment(self, request_id: str, name: str) -> bytes | None:
-        rows = self._read(
-            "SELECT data FROM job_attachments WHERE job_id=? AND name=?", (request_id, name)
-        )
-        return bytes(rows[0]["data"]) if rows else None
+            return self._row(c, row["id"])
 
     def append_log(
         self, request_id: str, message: str, *, level: str = "INFO", source: str = "USER"
@@ -356,41 +350,24 @@ class SqliteJobStore:
         rows = self._read("SELECT cancel_requested FROM jobs WHERE id=?", (request_id,))
         return bool(rows and rows[0]["cancel_requested"])
 
-    def complete(
-        self,
-        request_id: str,
-        worker_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: JobError | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> bool:
+    def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         with self._tx() as c:
-            row = c.execute(
-                "SELECT 1 FROM jobs WHERE id=? AND status=? AND worker_id=?",
-                (request_id, _RUNNING, worker_id),
-            ).fetchone()
-            if row is None:
+            if self._held(c, request_id, worker_id) is None:
                 return False
-            self._finish(c, request_id, result=result, error=error, metrics=metrics)
+            self._finish(c, request_id, outcome)
             c.execute("UPDATE workers SET job_id=NULL WHERE id=?", (worker_id,))
         return True
 
     def release(self, request_id: str, worker_id: str) -> bool:
         with self._tx() as c:
-            row = c.execute(
-                "SELECT cancel_requested FROM jobs WHERE id=? AND status=? AND worker_id=?",
-                (request_id, _RUNNING, worker_id),
-            ).fetchone()
+            row = self._held(c, request_id, worker_id)
             if row is None:
                 return False
             if row["cancel_requested"]:
-                self._finish(c, request_id, error=CANCELLED)
+                self._finish(c, request_id, Outcome(error=CANCELLED))
             else:
                 c.execute(
-                    "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL,"
-                    " attempts=MAX(attempts-1, 0), start_deadline=NULL WHERE id=?",
-                    (_WAITING, request_id),
+                    _REQUEUE + ", attempts=MAX(attempts-1, 0) WHERE id=?", (_WAITING, request_id)
                 )
                 self._log(c, request_id, "Server stopping: back in the queue", "INFO", "SYSTEM")
             c.execute("UPDATE workers SET job_id=NULL WHERE id=?", (worker_id,))
@@ -418,19 +395,7 @@ class SqliteJobStore:
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._read("SELECT * FROM workers ORDER BY started_at, id")
-        return [
-            WorkerInfo(
-                id=r["id"],
-                state=r["state"],
-                heartbeat_at=r["heartbeat_at"],
-                host=r["host"],
-                pid=r["pid"],
-                job_id=r["job_id"],
-                detail=r["detail"],
-                started_at=r["started_at"],
-            )
-            for r in rows
-        ]
+        return [WorkerInfo(**dict(r)) for r in rows]
 
     def remove_worker(self, worker_id: str) -> None:
         with self._tx() as c:
@@ -452,29 +417,20 @@ class SqliteJobStore:
             for row in rows:
                 request_id = row["id"]
                 if row["cancel_requested"]:
-                    self._finish(c, request_id, error=CANCELLED)
+                    self._finish(c, request_id, Outcome(error=CANCELLED))
                 elif row["attempts"] < max_attempts:
-                    c.execute(
-                        "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL,"
-                        " start_deadline=NULL WHERE id=?",
-                        (_WAITING, request_id),
-                    )
+                    c.execute(_REQUEUE + " WHERE id=?", (_WAITING, request_id))
+                    attempt = f"attempt {row['attempts'] + 1} of {max_attempts}"
                     self._log(
-                        c,
-                        request_id,
-                        f"Worker lost; re-queued (attempt {row['attempts'] + 1} of {max_attempts})",
-                        "WARNING",
-                        "SYSTEM",
+                        c, request_id, f"Worker lost; re-queued ({attempt})", "WARNING", "SYSTEM"
                     )
                 else:
-                    self._finish(c, request_id, error=WORKER_LOST)
-                    self._log(c, request_id, WORKER_LOST.message, "ERROR", "SYSTEM")
+                    self._fail(c, request_id, WORKER_LOST, WORKER_LOST.message)
                 recovered.append(request_id)
             c.execute(f"DELETE FROM workers WHERE id IN ({marks})", tuple(worker_ids))
         return recovered
 
     def stale_workers(self, older_than_s: float) -> list[str]:
-        """Stale heartbeats, plus ids holding running jobs with no worker row at all."""
         rows = self._read(
             "SELECT id FROM workers WHERE heartbeat_at<?"
             " UNION SELECT DISTINCT worker_id FROM jobs WHERE status=? AND worker_id IS NOT NULL"
@@ -500,9 +456,80 @@ class SqliteJobStore:
             ]
             for request_id in ids:
                 c.execute("DELETE FROM job_logs WHERE job_id=?", (request_id,))
-                c.execute("DELETE FROM job_attachments WHERE job_id=?", (request_id,))
                 c.execute("DELETE FROM jobs WHERE id=?", (request_id,))
+            c.execute(
+                "DELETE FROM webhook_deliveries WHERE state='failed' AND created_at<?", (cutoff,)
+            )
         return len(ids)
+
+    # --- webhook outbox ---
+
+    def webhooks_due(self, limit: int = 100) -> list[Job]:
+        rows = self._read(
+            "SELECT * FROM jobs WHERE webhook_state='due' ORDER BY finished_at LIMIT ?", (limit,)
+        )
+        return [self._job(r) for r in rows]
+
+    def add_delivery(self, delivery: Delivery, *, not_before: float | None = None) -> bool:
+        now = time.time()
+        with self._tx() as c:
+            added = c.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries"
+                " (request_id, url, user_id, body, attempts, next_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.request_id,
+                    delivery.url,
+                    delivery.user_id,
+                    sqlite3.Binary(delivery.body),
+                    delivery.attempts,
+                    now if not_before is None else not_before,
+                    now,
+                ),
+            ).rowcount
+            c.execute(
+                "UPDATE jobs SET webhook_state='sent' WHERE id=? AND webhook_state='due'",
+                (delivery.request_id,),
+            )
+        return bool(added)
+
+    def claim_deliveries(
+        self, limit: int, *, lease_s: float, now: float | None = None
+    ) -> list[Delivery]:
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT request_id, url, body, user_id, attempts FROM webhook_deliveries"
+                " WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            for row in rows:
+                c.execute(
+                    "UPDATE webhook_deliveries SET next_at=? WHERE request_id=?",
+                    (now + lease_s, row["request_id"]),
+                )
+        return [Delivery(**{**dict(r), "body": bytes(r["body"])}) for r in rows]
+
+    def finish_delivery(
+        self, request_id: str, *, error: str | None = None, retry_at: float | None = None
+    ) -> None:
+        with self._tx() as c:
+            if error is None:
+                c.execute("DELETE FROM webhook_deliveries WHERE request_id=?", (request_id,))
+                return
+            c.execute(
+                "UPDATE webhook_deliveries SET attempts=attempts+1, last_error=?,"
+                " state=?, next_at=COALESCE(?, next_at) WHERE request_id=?",
+                (error, "pending" if retry_at is not None else "failed", retry_at, request_id),
+            )
+
+    def next_delivery_at(self) -> float | None:
+        rows = self._read("SELECT MIN(next_at) FROM webhook_deliveries WHERE state='pending'")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def delivery_counts(self) -> dict[str, int]:
+        rows = self._read("SELECT state, COUNT(*) FROM webhook_deliveries GROUP BY state")
+        return {state: n for state, n in rows}
 
     def close(self) -> None:
         with self._lock:

@@ -30,34 +30,24 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, Field
 
-from server.deps import (
-    AuthDep,
-    BaseUrlDep,
-    SettingsDep,
-    StorageDep,
-    check_api_key,
-)
-from server.errors import FalError, UnauthorizedError
+from server.deps import AuthDep, BaseUrlDep, SettingsDep, StorageDep, check_api_key
+from server.errors import InvalidUploadTokenError, UnauthorizedError, UploadTooLargeError
+from server.serving import absolute_url
 from server.settings import ServerSettings
-from server.storage import new_file_id, sanitize_content_type, sanitize_file_name
+from server.storage import (
+    Storage,
+    StoredFile,
+    new_file_id,
+    sanitize_content_type,
+    sanitize_file_name,
+)
 
 SECRET_FILE_NAME = "upload-signing.key"
 _TOKEN_PREFIX = "ovi1"
-
-
-class UploadTooLargeError(FalError):
-    status_code = 413
-    error_type = "file_too_large"
-    default_detail = "Upload too large"
-
-
-class InvalidUploadTokenError(FalError):
-    status_code = 403
-    error_type = "invalid_upload_token"
-    default_detail = "Upload URL is invalid or has expired"
 
 
 # --- signed tokens ---
@@ -153,6 +143,22 @@ async def read_body_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def save_upload(
+    storage: Storage,
+    data: bytes,
+    content_type: str | None,
+    file_name: str,
+    file_id: str | None = None,
+) -> StoredFile:
+    """Store an upload (off the event loop); a pre-signed one under the id its URL names."""
+    ctype = sanitize_content_type(content_type)
+    return await to_thread.run_sync(
+        lambda: storage.save(
+            data, kind="uploads", content_type=ctype, file_name=file_name, file_id=file_id
+        )
+    )
+
+
 # --- schemas ---
 
 
@@ -215,7 +221,7 @@ def initiate_upload(
     )
     return InitiateUploadOutput(
         upload_url=f"{base}/storage/upload/put/{file_id}?token={token}",
-        file_url=base + storage.url_path_for("uploads", file_id, name),
+        file_url=absolute_url(storage.url(f"uploads/{file_id}/{name}"), base),
     )
 
 
@@ -245,10 +251,8 @@ async def put_upload(
     if claims.get("id") != file_id:
         raise InvalidUploadTokenError()
     data = await read_body_capped(request, settings.upload_max_bytes)
-    stored = storage.save(
-        data, content_type=claims["ct"], file_name=claims["name"], kind="uploads", file_id=file_id
-    )
-    return {"file_url": base + stored.url_path}
+    stored = await save_upload(storage, data, claims["ct"], claims["name"], file_id)
+    return {"file_url": absolute_url(stored.url, base)}
 
 
 @router.post("/storage/auth/token", response_model=UploadTokenOutput, responses=_ERRORS)
@@ -299,11 +303,8 @@ async def cdn_upload(
     """Store the raw body (fal's v3 CDN upload); answer its URL."""
     _check_cdn_auth(authorization, settings, signer)
     data = await read_body_capped(request, settings.upload_max_bytes)
-    ctype = sanitize_content_type(content_type)
-    stored = storage.save(
-        data, content_type=ctype, file_name=x_fal_file_name or "upload", kind="uploads"
-    )
-    return UploadOutput(access_url=base + stored.url_path)
+    stored = await save_upload(storage, data, content_type, x_fal_file_name or "upload")
+    return UploadOutput(access_url=absolute_url(stored.url, base))
 
 
 @router.post("/files/upload/multipart", responses=_ERRORS, include_in_schema=False)

@@ -49,3 +49,29 @@ def test_module_bytes_counts_shared_storage_once():
     both = torch.nn.ModuleList([a, b])
     assert module_bytes(a) == (16 * 32 + 32) * 4
     assert module_bytes(both) == (16 * 32 + 2 * 32) * 4
+
+
+def test_a_step_peak_does_not_depend_on_the_depth():
+    """Why `estimate_memory` may measure a step on a `STEP_LAYERS`-deep DiT (30 in the model)."""
+    from bench.memory import STEP_LAYERS, meta_components, shallow
+    from model.presets import get_preset
+
+    config = get_preset("tiny").config
+
+    def peak(layers: int, slg_layer: int | None) -> int:
+        dit = meta_components(shallow(config, layers), parts=("fusion",))["fusion"]
+        v, a = config.fusion.video, config.fusion.audio
+        tracker = LiveBytes()
+        tracker.track(list(dit.parameters()) + list(dit.buffers()))
+        video = torch.empty(1, v.in_dim, 5, 8, 8, device="meta", dtype=torch.bfloat16)
+        audio = torch.empty(1, 21, a.in_dim, device="meta", dtype=torch.bfloat16)
+        text = torch.empty(1, 7, v.text_dim, device="meta", dtype=torch.bfloat16)
+        t = torch.empty(1, device="meta")
+        with torch.no_grad():
+            found, _ = tracker.measure(
+                lambda: dit(video, audio, t, text, text, slg_layer=slg_layer)
+            )
+        return found
+
+    assert peak(STEP_LAYERS, 1) == peak(7, 1) == peak(7, 5) > 0
+    assert peak(STEP_LAYERS, None) == peak(7, None)

@@ -1,4 +1,4 @@
-"""End-to-end helpers: start a real `ovi serve --preset tiny` over TLS on a free loopback port.
+"""End-to-end helpers: start a real `ovi serve --preset tiny_1s` over TLS on a free loopback port.
 
 Clients are configured only as the README says: FAL_RUN_HOST, FAL_QUEUE_RUN_HOST,
 SSL_CERT_FILE and FAL_KEY (see `Server.client_env`).
@@ -93,7 +93,7 @@ def start_server(
     wait_ready: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> Server:
-    """Start `ovi serve --preset tiny` and wait for /health (ready, or just up if workers=0)."""
+    """Start `ovi serve --preset tiny_1s` and wait for /health (ready, or just up if workers=0)."""
     cert, key, bundle, ca = make_tls(tls_dir)  # keeps an existing CA, so old bundles still work
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,8 @@ def start_server(
         **(extra_env or {}),
     )
     cmd = [
-        sys.executable, "-m", "server.cli", "serve",
-        "--preset", "tiny", "--device", "cpu",
+        sys.executable, "-m", "cli", "serve",
+        "--preset", "tiny_1s", "--device", "cpu",
         "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(data_dir),
         "--tls-cert", str(cert), "--tls-key", str(key),
@@ -145,7 +145,7 @@ def png_data_uri(size: tuple[int, int] = (64, 48), color=(30, 120, 200)) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def check_mp4(data: bytes, *, frames: int = 121) -> None:
+def check_mp4(data: bytes, *, frames: int = 25) -> None:
     """The clip decodes: `frames` video frames and an audio stream."""
     import av
 

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: `ovi_server`, one tiny-preset server over TLS shared by the session
+"""End-to-end fixtures: `ovi_server`, one tiny_1s-preset server over TLS shared by the session
 (one model load). More servers: `_e2e.start_server` (the restart test)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from _e2e import Server, start_server
 
 @pytest.fixture(scope="session")
 def ovi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One tiny-preset server for the session's end-to-end tests."""
+    """One tiny_1s-preset server for the session's end-to-end tests."""
     base = tmp_path_factory.mktemp("ovi-e2e")
     server = start_server(base / "data", base / "tls")
     try:

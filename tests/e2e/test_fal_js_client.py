@@ -1,4 +1,4 @@
-"""The real `@fal-ai/client` (npm, pinned in tests/e2e/js) in node against `ovi serve --preset tiny`.
+"""The real `@fal-ai/client` (npm, pinned in tests/e2e/js) in node against `ovi serve --preset tiny_1s`.
 
 `js/subscribe.mjs` is the README's JS recipe: `fal.config({ requestMiddleware })` rewriting
 fal.run, queue.fal.run and rest.fal.ai to the server, node trusting our CA through

@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from test_fal_js_client import node_client  # noqa: F401  (fixture)
 
-from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError
+from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError, Outcome
 from server.main import create_app
 from server.settings import ServerSettings
 
@@ -58,7 +58,7 @@ class FailingServer:
                 time.sleep(0.02)
                 continue
             self.claimed.append(job.id)
-            self.app.state.store.complete(job.id, "w-fail", error=self.error)
+            self.app.state.store.complete(job.id, "w-fail", Outcome(error=self.error))
 
     def __enter__(self) -> FailingServer:
         threading.Thread(target=self.server.run, daemon=True).start()

@@ -1,4 +1,4 @@
-"""The unmodified `fal-client` (PyPI) against `ovi serve --preset tiny`, configured only by the
+"""The unmodified `fal-client` (PyPI) against `ovi serve --preset tiny_1s`, configured only by the
 environment variables the README gives: FAL_RUN_HOST, FAL_QUEUE_RUN_HOST, SSL_CERT_FILE, FAL_KEY.
 
 fal-client reads its hosts at import, so each scenario runs in a fresh interpreter: this file
@@ -97,7 +97,7 @@ def test_health_reports_ready(ovi_server) -> None:
     with ovi_server.http() as client:
         r = client.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ready"
-    assert r.json()["model"] == "tiny"
+    assert r.json()["model"] == "tiny_1s"
 
 
 # --- scenarios (in a fresh interpreter configured by the environment) ---

@@ -1,4 +1,4 @@
-"""`fal_client.upload_file` against `ovi serve --preset tiny`, then a generation from the upload.
+"""`fal_client.upload_file` against `ovi serve --preset tiny_1s`, then a generation from the upload.
 
 Configured as docs/drop-in.md says: the environment variables (FAL_RUN_HOST, FAL_QUEUE_RUN_HOST,
 SSL_CERT_FILE, FAL_KEY) plus the two upload constants fal-client 1.x has no variable for

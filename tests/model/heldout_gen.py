@@ -119,6 +119,14 @@ def _write_case(case_dir: Path, case: dict) -> None:
     (case_dir / "case.json").write_text(json.dumps(case, indent=1))
 
 
+def _case(name: str, expected: str = "this project's code", **fields: object) -> dict:
+    """A case.json header: the case name, what the expected outputs come from, then `fields`."""
+    return {
+        "case": name,
+        "set": f"synthetic held-out-like (expected outputs from {expected})",
+    } | fields
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -158,16 +166,13 @@ def rope_tables(head_dim: int, audio_scale: float, length: int = 1024) -> dict[s
 
 
 def build_fusion(root: Path, p: dict, seed: int) -> None:
-    from model.config import FusionConfig, TowerConfig
     from model.convert.fusion import load_fusion, random_fusion_state
+    from tools.conformance.fusion import fusion_config, run_variant
 
     case_dir = root / "fusion"
     case_dir.mkdir(parents=True)
     video_config, audio_config = _tower_configs(p)
-    config = FusionConfig(
-        video=TowerConfig.from_official(video_config),
-        audio=TowerConfig.from_official(audio_config),
-    )
+    config = fusion_config({"video_config": video_config, "audio_config": audio_config})
     state = random_fusion_state(config, seed=seed)
     model = load_fusion(state, config, source="heldout", dtype=torch.float32)
     # time MLPs per token (the official form): a different code path from the runner's
@@ -191,38 +196,26 @@ def build_fusion(root: Path, p: dict, seed: int) -> None:
     }
     outputs: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name, args in variants.items():
-            taps: dict[str, torch.Tensor] = {}
-            video, audio = model(
-                inputs["video_latent"][None],
-                inputs["audio_latent"][None],
-                inputs["t"],
-                inputs["vid_context"][None],
-                inputs["audio_context"][None],
-                first_frame_is_clean=args["first_frame_is_clean"],
-                slg_layer=args["slg_layer"],
-                taps=taps if not args["slg_layer"] else None,  # taps: t2v and i2v only
-            )
-            outputs[f"{name}.video_pred"], outputs[f"{name}.audio_pred"] = video[0], audio[0]
-            outputs |= {f"{name}.taps.{k}": v for k, v in taps.items()}
+        for name, args in variants.items():  # taps: t2v and i2v only, as the public set
+            out = run_variant(model, inputs, args, taps=not args["slg_layer"])
+            outputs |= {f"{name}.{k}": v for k, v in out.items()}
     outputs |= rope_tables(config.video.head_dim, audio_config["temporal_rope_scaling_factor"])
 
     lv, la = f * h * w, p["audio_len"]
-    case = {
-        "case": "fusion",
-        "set": "synthetic held-out-like (expected outputs from this project's code)",
-        "video_config": video_config,
-        "audio_config": audio_config,
-        "seeds": {"weights": seed, "inputs": seed + 1},
-        "call": {"vid_seq_len": lv, "audio_seq_len": la},
-        "variants": variants,
-        "grid_info": {
+    case = _case(
+        "fusion",
+        video_config=video_config,
+        audio_config=audio_config,
+        seeds={"weights": seed, "inputs": seed + 1},
+        call={"vid_seq_len": lv, "audio_seq_len": la},
+        variants=variants,
+        grid_info={
             "video_grid_sizes": [[f, h, w]],
             "video_seq_lens": [lv],
             "audio_grid_sizes": [[la]],
             "audio_seq_lens": [la],
         },
-    }
+    )
     _save(case_dir, case, "weights.safetensors", state)
     _save(case_dir, case, "inputs.safetensors", inputs)
     _save(case_dir, case, "outputs.safetensors", outputs)
@@ -244,19 +237,16 @@ def _ovi_timesteps(solver: str, steps: int, shift: float) -> list:
 
 
 def build_sampler(root: Path, p: dict, seed: int) -> None:
-    from model.config import FusionConfig, TowerConfig
     from model.convert.fusion import load_fusion
     from model.loading import read_checkpoint
-    from model.pipeline import DenoiseTrace, denoise
     from model.schedulers import make_scheduler
+    from tools.conformance.fusion import fusion_config
+    from tools.conformance.sampler import run_loop
 
     case_dir = root / "sampler"
     case_dir.mkdir(parents=True)
     fusion_case = json.loads((root / "fusion" / "case.json").read_text())
-    config = FusionConfig(
-        video=TowerConfig.from_official(fusion_case["video_config"]),
-        audio=TowerConfig.from_official(fusion_case["audio_config"]),
-    )
+    config = fusion_config(fusion_case)
     weights = root / "fusion" / "weights.safetensors"
     model = load_fusion(read_checkpoint(weights), config, source="heldout", dtype=torch.float32)
     vid_len = config.video.text_len
@@ -283,32 +273,9 @@ def build_sampler(root: Path, p: dict, seed: int) -> None:
     modes = {}
     outputs: dict[str, torch.Tensor] = {}
     for mode, clean in (("i2v", True), ("t2v", False)):
-
-        def record(step: DenoiseTrace, mode: str = mode) -> None:
-            for name in ("video_in", "audio_in", "pred_video_pos", "pred_video_neg",
-                         "pred_audio_pos", "pred_audio_neg"):  # fmt: skip
-                outputs[f"{mode}.step{step.step}.{name}"] = getattr(step, name)[0].clone()
-
-        with torch.no_grad():
-            video, audio = denoise(
-                model,
-                inputs["video_noise"][None],
-                inputs["audio_noise"][None],
-                inputs["text_emb_pos"][None],
-                inputs["text_emb_video_neg"][None],
-                inputs["text_emb_audio_neg"][None],
-                steps=p["steps"],
-                solver=p["solver"],
-                shift=p["shift"],
-                video_guidance_scale=p["video_guidance_scale"],
-                audio_guidance_scale=p["audio_guidance_scale"],
-                slg_layer=p["slg_layer"],
-                first_frame_latent=inputs["first_frame_latent"][None] if clean else None,
-                trace=record,
-                batch_cfg=True,  # both passes in one batch: another path than the runner's
-            )
-        outputs[f"{mode}.final_video_latent"] = video[0]
-        outputs[f"{mode}.final_audio_latent"] = audio[0]
+        with torch.no_grad():  # both passes in one batch: another path than the runner's
+            loop = run_loop(model, inputs, params, clean, batch_cfg=True)
+        outputs |= {f"{mode}.{name}": tensor for name, tensor in loop.items()}
         timesteps = make_scheduler(p["solver"], p["steps"], p["shift"]).timesteps
         modes[mode] = {
             "timesteps": timesteps.tolist(),
@@ -352,20 +319,19 @@ def build_sampler(root: Path, p: dict, seed: int) -> None:
         }
 
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    case = {
-        "case": "sampler",
-        "set": "synthetic held-out-like (expected outputs from this project's code)",
-        "weights": "../fusion/weights.safetensors (identical file; sha256 recorded)",
-        "weights_sha256": sha,
-        "fusion_config_ref": "../fusion/case.json",
-        "params": params,
-        "latent_sizes": {"video": [cv, f, h, w], "audio": [la, ca]},
-        "vid_seq_len": f * h * w // 4,
-        "audio_seq_len": la,
-        "modes": modes,
-        "schedules": schedules,
-        "scheduler_unit_tests": units,
-    }
+    case = _case(
+        "sampler",
+        weights="../fusion/weights.safetensors (identical file; sha256 recorded)",
+        weights_sha256=sha,
+        fusion_config_ref="../fusion/case.json",
+        params=params,
+        latent_sizes={"video": [cv, f, h, w], "audio": [la, ca]},
+        vid_seq_len=f * h * w // 4,
+        audio_seq_len=la,
+        modes=modes,
+        schedules=schedules,
+        scheduler_unit_tests=units,
+    )
     _save(case_dir, case, "inputs.safetensors", inputs)
     _save(case_dir, case, "outputs.safetensors", outputs)
     _write_case(case_dir, case)
@@ -437,14 +403,14 @@ def build_t5(root: Path, p: dict, seed: int) -> None:
     hidden = wan_t5_reference(state, cfg, ids, mask)
     outputs = {"hidden_states": hidden}
     outputs |= {f"context_{b}": hidden[b, :n] for b, n in enumerate(p["lengths"])}
-    case = {
-        "case": "t5",
-        "set": "synthetic held-out-like (expected outputs from a float64 formula written here)",
-        "config": cfg,
-        "relative_attention_max_distance": 128,
-        "seeds": {"weights": seed, "inputs": seed + 1},
-        "lengths": list(p["lengths"]),
-    }
+    case = _case(
+        "t5",
+        expected="a float64 formula written here",
+        config=cfg,
+        relative_attention_max_distance=128,
+        seeds={"weights": seed, "inputs": seed + 1},
+        lengths=list(p["lengths"]),
+    )
     _save(case_dir, case, "weights.safetensors", state)
     _save(case_dir, case, "inputs.safetensors", {"ids": ids, "mask": mask})
     _save(case_dir, case, "outputs.safetensors", outputs)
@@ -489,13 +455,12 @@ def build_wan_vae(root: Path, p: dict, seed: int) -> None:
             "decode_video_clamped": vae.decode(latent, clamp=True),
             "encode_video_mu_unnormalized": vae.encode(video, normalize=False),
         }
-    case = {
-        "case": "wan_vae",
-        "set": "synthetic held-out-like (expected outputs from this project's code)",
-        "config": cfg,
-        "seeds": {"weights": seed, "inputs": seed + 1},
-        "shapes": {k: list(v.shape) for k, v in inputs.items() if v.ndim == 5},
-    }
+    case = _case(
+        "wan_vae",
+        config=cfg,
+        seeds={"weights": seed, "inputs": seed + 1},
+        shapes={k: list(v.shape) for k, v in inputs.items() if v.ndim == 5},
+    )
     _save(case_dir, case, "weights.safetensors", state)
     _save(case_dir, case, "inputs.safetensors", inputs)
     _save(case_dir, case, "outputs.safetensors", outputs)
@@ -578,13 +543,12 @@ def build_mmaudio(root: Path, p: dict, seed: int) -> None:
         "encode_mean": mean,
         "encode_logvar_clamped": logvar,
     }
-    case = {
-        "case": "mmaudio",
-        "set": "synthetic held-out-like (expected outputs from this project's code)",
-        "vae_config": vae_cfg,
-        "vocoder_config": voc_cfg,
-        "seeds": {"weights": seed, "inputs": seed + 2},
-    }
+    case = _case(
+        "mmaudio",
+        vae_config=vae_cfg,
+        vocoder_config=voc_cfg,
+        seeds={"weights": seed, "inputs": seed + 2},
+    )
     _save(case_dir, case, "weights.safetensors", vae_state)
     _save(case_dir, case, "weights_vocoder.safetensors", voc_state)
     _save(case_dir, case, "effective_weights_vae.safetensors", effective_vae_weights(vae_state))

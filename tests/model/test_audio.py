@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from model.config import AudioVAEConfig, VocoderConfig
-from model.conformance import mmaudio as mmaudio_case
 from model.convert.mmaudio import (
     WEIGHT_NORM_SUFFIXES,
     load_audio_vae,
@@ -23,6 +22,7 @@ from model.convert.mmaudio import (
 )
 from model.loading import CheckpointMismatchError, count_elements, meta_state_dict
 from model.presets import PRESETS
+from tools.conformance import mmaudio as mmaudio_case
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 CASE = REFERENCE / "mmaudio"

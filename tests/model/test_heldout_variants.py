@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from heldout_gen import VARIANTS, build
 
-from model.conformance import CASES, run_conformance
+from tools.conformance import CASES, run_conformance
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

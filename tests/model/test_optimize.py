@@ -1,4 +1,4 @@
-"""model/optimize.py: every fast-path transform computes what the plain model computes.
+"""model/optimize/: every fast-path transform computes what the plain model computes.
 
 CPU, float32, tiny preset and the reference fusion case: rel_l2 < 1e-5 per transform (fp8, an
 approximation by design, has its own looser bound). Block offload is exact (same kernels).
@@ -17,14 +17,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import optimize as opt
 from model.config import FusionConfig, TowerConfig
-from model.conformance import load_case_json
 from model.convert.fusion import load_fusion, random_fusion_state
 from model.convert.wan_vae import load_wan_vae, random_wan_vae_state
 from model.loading import read_checkpoint
 from model.modules import attention as attn
 from model.modules.fusion import FusionModel, fusion_layer
+from model.options import RuntimeOptions
 from model.pipeline import OviPipeline, denoise
 from model.presets import get_preset
+from model.sampling import SamplingParams
+from tools.conformance import load_case_json
 
 TOL = 1e-5
 TINY = get_preset("tiny").config.fusion
@@ -169,11 +171,17 @@ def test_reference_case_with_every_exact_transform(reference_dir):
 # --- time embedding, reference style ----------------------------------------------------------
 
 
-def test_time_per_token_equals_time_per_distinct_timestep(expected):
+def _compiled(expected, **kwargs) -> tuple[FusionModel, CompileCounter]:
+    """The tiny model, fused and compiled with a graph counter, checked once (graphs built)."""
     model = opt.fuse_projections(_tiny_model())
-    compiled = CompileCounter()
-    opt.compile_layers(model, backend=compiled)
+    counter = CompileCounter()
+    opt.compile_layers(model, backend=counter, **kwargs)
     _check(model, expected)
+    return model, counter
+
+
+def test_time_per_token_equals_time_per_distinct_timestep(expected):
+    model, compiled = _compiled(expected)
     graphs = compiled.frame_count
     with opt.reference_style(model):
         assert model.time_per_token and model.layer_fn is fusion_layer
@@ -189,10 +197,7 @@ def test_time_per_token_equals_time_per_distinct_timestep(expected):
 
 
 def test_compiled_layers_one_graph_for_all_layers_and_no_recompiles(expected):
-    model = opt.fuse_projections(_tiny_model())
-    counter = CompileCounter()
-    opt.compile_layers(model, backend=counter, fullgraph=True)  # fullgraph: no graph breaks
-    _check(model, expected)
+    model, counter = _compiled(expected, fullgraph=True)  # fullgraph: no graph breaks
     # 3 layers x 2 variants (t2v: U=1; i2v: U=2 with an index) -> 2 graphs, not 6
     first = counter.frame_count
     assert first == 2, first
@@ -257,18 +262,13 @@ def test_denoise_with_batched_cfg_equals_sequential(base):
         torch.randn(1, 4, 32, generator=g),
         torch.randn(1, 6, 32, generator=g),
     )
-    kwargs = dict(
-        steps=3,
-        solver="unipc",
-        shift=5.0,
-        video_guidance_scale=4.0,
-        audio_guidance_scale=3.0,
-        slg_layer=1,
-        first_frame_latent=x["video"][:, :, :1] * 0.5,
-    )
+    params = SamplingParams(steps=3, slg_layer=1)
+    first = x["video"][:, :, :1] * 0.5
     with torch.no_grad():
-        ref = denoise(base, x["video"], x["audio"], *texts, **kwargs)
-        out = denoise(base, x["video"], x["audio"], *texts, **kwargs, batch_cfg=True)
+        ref = denoise(base, x["video"], x["audio"], *texts, params, first_frame_latent=first)
+        out = denoise(
+            base, x["video"], x["audio"], *texts, params, first_frame_latent=first, batch_cfg=True
+        )
     assert _rel(out[0], ref[0]) < TOL and _rel(out[1], ref[1]) < TOL
 
 
@@ -327,10 +327,7 @@ def test_block_offload_is_exact_and_restores(expected):
 
 
 def test_block_offload_under_compiled_layers_adds_no_graphs(expected):
-    model = opt.fuse_projections(_tiny_model())
-    counter = CompileCounter()
-    opt.compile_layers(model, backend=counter)
-    _check(model, expected)
+    model, counter = _compiled(expected)
     graphs = counter.frame_count
     offload = opt.enable_block_offload(model, "cpu")
     _check(model, expected)
@@ -437,17 +434,18 @@ def test_attention_probe_keeps_working_backends_and_skips_unsupported_ones():
 
 
 def test_fast_path_resolution():
-    assert opt.resolve_fast_path(None, "cpu") is None
-    assert opt.resolve_fast_path(None, "cuda") == opt.FastPath()
-    assert opt.resolve_fast_path(False, "cuda") is None
-    custom = opt.FastPath(batch_cfg=True)
-    assert opt.resolve_fast_path(custom, "cpu") is custom
+    assert opt.resolve_fast_path(RuntimeOptions(), "cpu") is None
+    assert opt.resolve_fast_path(RuntimeOptions(), "cuda") == opt.FastPath()
+    assert opt.resolve_fast_path(RuntimeOptions(fast_path=False), "cuda") is None
+    assert opt.resolve_fast_path(RuntimeOptions(fast_path=True), "cpu") == opt.FastPath()
+    no_compile = opt.resolve_fast_path(RuntimeOptions(compile=False), "cuda")
+    assert no_compile == opt.FastPath(compile=False)
     assert opt.check_attention_backends("cpu") == {}
 
 
 def test_pipeline_fast_path_flag(tiny_pipeline: OviPipeline):
     assert tiny_pipeline.fast_path is None  # CPU default: the plain path
-    fast = OviPipeline.from_preset("tiny", fast_path=opt.FastPath(batch_cfg=True))
+    fast = OviPipeline.from_preset("tiny_1s", transforms=opt.FastPath(batch_cfg=True))
     assert fast.fast_path is not None and fast.fast_path.compile is False
     assert opt.projections_fused(fast.fusion) and fast.fusion.layer_fn is fusion_layer
     a = tiny_pipeline("waves on a beach", steps=2, seed=11)
@@ -459,22 +457,24 @@ def test_pipeline_fast_path_flag(tiny_pipeline: OviPipeline):
 # --- memory modes through the pipeline ----------------------------------------------------------
 
 
-def test_memory_mode_keywords_resolve_onto_fast_path():
-    plain_offload = opt.resolve_fast_path(None, "cpu", block_offload=True)
-    assert plain_offload == replace(opt.PLAIN_PATH, block_offload=True)
-    assert opt.resolve_fast_path(None, "cuda", batch_cfg=True) == opt.FastPath(batch_cfg=True)
-    both = opt.resolve_fast_path(False, "cuda", block_offload=True, fp8_compute=True)
+def test_memory_mode_options_resolve_onto_fast_path():
+    def resolve(device, **options):
+        return opt.resolve_fast_path(RuntimeOptions(**options), device)
+
+    assert resolve("cpu", block_offload=True) == replace(opt.PLAIN_PATH, block_offload=True)
+    assert resolve("cuda", batch_cfg=True) == opt.FastPath(batch_cfg=True)
+    both = resolve("cuda", fast_path=False, block_offload=True, fp8_compute=True)
     assert both == replace(opt.PLAIN_PATH, block_offload=True, fp8=True)
-    custom = opt.FastPath(compile=False)
-    assert opt.resolve_fast_path(custom, "cuda", fp8_compute=True) == replace(custom, fp8=True)
-    for kwargs in (dict(fast_path=None, fp8_compute=True), dict(fast_path=opt.FastPath(fp8=True))):
-        with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
-            opt.resolve_fast_path(device="cpu", **kwargs)
+    assert resolve("cuda", compile=False, fp8_compute=True) == opt.FastPath(compile=False, fp8=True)
+    with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
+        resolve("cpu", fp8_compute=True)
+    with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
+        RuntimeOptions(device="cpu", fp8_compute=True)
 
 
 def test_fp8_compute_on_cpu_is_a_clear_error_before_loading(tmp_path):
     with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
-        OviPipeline.from_preset("tiny", fp8_compute=True)
+        OviPipeline.from_preset("tiny_1s", fp8_compute=True)
     # before any weight file is looked for (the folder is empty)
     with pytest.raises(ValueError, match="fp8 compute needs a CUDA GPU"):
         OviPipeline.from_pretrained(tmp_path, "720x720_5s", device="cpu", fp8_compute=True)
@@ -498,7 +498,7 @@ def _generate_with_latents(pipe: OviPipeline, **kwargs):
 
 
 def test_pipeline_block_offload_equals_plain(tiny_pipeline: OviPipeline):
-    pipe = OviPipeline.from_preset("tiny", block_offload=True)
+    pipe = OviPipeline.from_preset("tiny_1s", block_offload=True)
     assert isinstance(pipe.fusion.offload, opt.BlockOffload)
     assert pipe.fast_path == replace(opt.PLAIN_PATH, block_offload=True)
     assert pipe.cpu_offload  # T5 and the VAEs: component offload
@@ -515,7 +515,7 @@ def test_pipeline_block_offload_equals_plain(tiny_pipeline: OviPipeline):
 
 
 def test_pipeline_batch_cfg_keyword(tiny_pipeline: OviPipeline):
-    pipe = OviPipeline.from_preset("tiny", batch_cfg=True)
+    pipe = OviPipeline.from_preset("tiny_1s", batch_cfg=True)
     assert pipe.fast_path == replace(opt.PLAIN_PATH, batch_cfg=True)
     ref, ref_latents = _generate_with_latents(tiny_pipeline)
     out, latents = _generate_with_latents(pipe)

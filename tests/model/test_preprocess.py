@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from model.conformance import tables as tables_case
 from model.preprocess import (
     ImageLoadError,
     area_mismatch,
@@ -21,6 +20,7 @@ from model.preprocess import (
     preprocess_image,
     snap_hw_to_multiple_of_32,
 )
+from tools.conformance import tables as tables_case
 
 CASE = Path(__file__).parents[1] / "fixtures" / "reference" / "tables"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model.conformance import sampler as sampler_case
-from model.presets import SOLVERS
+from model.sampling import SOLVERS
 from model.schedulers import BUILDERS, FlowScheduler, make_scheduler, shift_sigmas
+from tools.conformance import sampler as sampler_case
 
 CASE = Path(__file__).parents[1] / "fixtures" / "reference" / "sampler"
 

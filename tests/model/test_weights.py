@@ -61,3 +61,11 @@ def test_download_fetches_only_missing_files_into_the_ovi_layout(tmp_path, monke
     assert ("Wan-AI/Wan2.2-TI2V-5B", "google/umt5-xxl/*") in calls
     assert paths["fusion"] == tmp_path / "Ovi/model.safetensors"
     assert paths["vocoder"] == tmp_path / "MMAudio/ext_weights/best_netG.pt"
+
+
+def test_manifest_is_package_data_of_model():
+    """Read through importlib.resources, so a non-editable install (`pip install .`) has it."""
+    from importlib import resources
+
+    assert resources.files("model").joinpath(weights.MANIFEST).is_file()
+    assert set(weights.load_manifest()["variants"]) >= {"720x720_5s", "960x960_5s", "960x960_10s"}

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.jobs.base import Job, JobError, JobStore
+from server.jobs.base import Job, JobError, JobStore, Outcome, WorkerInfo
 from server.main import create_app
 from server.settings import ServerSettings
 
@@ -52,6 +52,13 @@ def store_of(app: FastAPI) -> JobStore:
     return app.state.store
 
 
+def claim(store: JobStore, worker: str = "w") -> Job | None:
+    """Claim the next job as a live worker would: registered, with a fresh heartbeat. (A job
+    held by an unregistered worker id is recovered by the app's maintenance loop as orphaned.)"""
+    store.heartbeat(WorkerInfo(id=worker, state="ready", heartbeat_at=time.time()))
+    return store.claim(worker)
+
+
 def finish_next(
     store: JobStore,
     *,
@@ -61,17 +68,12 @@ def finish_next(
     logs: tuple[str, ...] = (),
 ) -> Job:
     """Claim the next job and complete it like a worker would."""
-    job = store.claim(worker)
+    job = claim(store, worker)
     assert job is not None, "nothing queued"
     for line in logs:
         store.append_log(job.id, line)
-    store.complete(
-        job.id,
-        worker,
-        result=None if error else (result or RESULT),
-        error=error,
-        metrics={"inference_time": 0.5},
-    )
+    result = None if error else (result or RESULT)
+    store.complete(job.id, worker, Outcome(result, error, {"inference_time": 0.5}))
     return job
 
 
@@ -84,14 +86,14 @@ def background_worker(
 
     def loop() -> None:
         while not stop.is_set():
-            job = store.claim(worker)
+            job = claim(store, worker)
             if job is None:
                 time.sleep(0.01)
                 continue
             if handle is not None:
                 handle(job)
             else:
-                store.complete(job.id, worker, result=RESULT, metrics={"inference_time": 0.1})
+                store.complete(job.id, worker, Outcome(RESULT, metrics={"inference_time": 0.1}))
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()

@@ -206,9 +206,16 @@ def test_stored_upload_without_http(tmp_path):
     stored = storage.save(PNG, content_type="image/png", file_name="u.png", kind="uploads")
     settings = _settings(tmp_path, public_base_url="https://ovi.example.com")
     # the host does not even resolve: no HTTP round trip happens
-    url = "https://ovi.example.com" + stored.url_path
+    url = "https://ovi.example.com" + stored.url
     assert _load(url, settings, storage=storage) == PNG
-    assert _load("http://127.0.0.1:9" + stored.url_path, settings, storage=storage) == PNG
+    assert _load("http://127.0.0.1:9" + stored.url, settings, storage=storage) == PNG
+    job_input = storage.save(PNG, content_type="image/png", file_name="i.png", kind="inputs")
+    _fails(
+        "https://ovi.example.com" + storage.url(job_input.key),
+        settings,
+        "not found",
+        storage=storage,
+    )
     missing = "https://ovi.example.com/files/uploads/AAAAAAAAAAAAAAAAAAAAAA/gone.png"
     _fails(missing, settings, "stored file not found", storage=storage)
     escape = "https://ovi.example.com/files/uploads/%2e%2e/%2e%2e/etc/passwd"

@@ -1,94 +1,31 @@
-"""server/main.py: CORS, the queue host, OpenAPI, error handlers, webhooks pumped on completion."""
+"""server/main.py: the app as a whole: OpenAPI, the one error path, the lifespan's seams (store
+and storage by URL), an API and a worker sharing only those two URLs, light imports."""
 
 from __future__ import annotations
 
-import asyncio
-import os
+import base64
+import io
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _app import AUTH, RESULT, finish_next, make_settings, running_app, store_of
+from _app import AUTH, KEY, make_settings, running_app, store_of
+from PIL import Image
 
-from server.jobs.base import JobError, JobStatus, NewJob, WorkerInfo
-from server.main import MAX_JSON_BODY_BYTES, Maintenance, QueueHostMiddleware
+from server.jobs import SqliteJobStore
+from server.storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
 def app_client(tmp_path: Path):
-    with running_app(make_settings(tmp_path, cors_origins=["https://app.example"])) as pair:
+    with running_app(make_settings(tmp_path)) as pair:
         yield pair
-
-
-def test_cors_preflight_allows_fal_headers(app_client) -> None:
-    client, _ = app_client
-    r = client.options(
-        "/queue/fal-ai/ovi",
-        headers={
-            "Origin": "https://app.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, x-fal-queue-priority, x-fal-new-thing",
-        },
-    )
-    assert r.status_code == 200
-    allowed = r.headers["access-control-allow-headers"].lower()
-    for header in ("authorization", "content-type", "x-fal-queue-priority", "x-fal-new-thing"):
-        assert header in allowed
-    assert r.headers["access-control-allow-origin"] == "https://app.example"
-    bad = client.options(
-        "/queue/fal-ai/ovi",
-        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
-    )
-    assert bad.status_code == 400
-
-
-def test_cors_exposes_request_id(app_client) -> None:
-    client, _ = app_client
-    r = client.post(
-        "/queue/fal-ai/ovi", json={"prompt": "x"}, headers={**AUTH, "Origin": "https://app.example"}
-    )
-    assert r.status_code == 200
-    assert "x-fal-request-id" in r.headers["access-control-expose-headers"]
-
-
-def test_oversized_bodies_are_413_before_auth(app_client) -> None:
-    client, app = app_client
-    big = b"x" * (MAX_JSON_BODY_BYTES + 1)
-    origin = {"Origin": "https://app.example", "Content-Type": "application/json"}
-    r = client.post("/queue/fal-ai/ovi", content=big, headers=origin)  # no key: still 413
-    assert r.status_code == 413 and r.json()["error_type"] == "request_too_large"
-    assert r.headers["x-fal-error-type"] == "request_too_large"
-    assert r.headers["access-control-allow-origin"] == "https://app.example"
-
-    def chunks():  # no Content-Length: counted as it streams
-        for _ in range(MAX_JSON_BODY_BYTES // (1 << 20) + 1):
-            yield b"x" * (1 << 20)
-
-    r = client.post("/fal-ai/ovi", content=chunks(), headers={**AUTH, **origin})
-    assert r.status_code == 413
-    assert store_of(app).counts() == {"IN_QUEUE": 0, "IN_PROGRESS": 0}
-    ok = client.post("/queue/fal-ai/ovi", json={"prompt": "x" * 1000}, headers=AUTH)
-    assert ok.status_code == 200
-
-
-def test_queue_host_rewrite_tolerates_missing_raw_path() -> None:
-    # raw_path is optional in ASGI (None or absent): the rewrite must not turn that into a 500
-    seen: list[tuple[str, bytes]] = []
-
-    async def inner(scope, receive, send) -> None:
-        seen.append((scope["path"], scope.get("raw_path")))
-
-    for extra in ({"raw_path": None}, {}):
-        scope = {"type": "http", "path": "/fal-ai/ovi", "headers": [(b"host", b"queue.x")]}
-        asyncio.run(QueueHostMiddleware(inner)({**scope, **extra}, None, None))
-    upload = {"type": "http", "path": "/files/upload", "headers": [(b"host", b"queue.x")]}
-    asyncio.run(QueueHostMiddleware(inner)(upload, None, None))  # fal's CDN path stays put
-    assert seen == [
-        ("/queue/fal-ai/ovi", b"/queue/fal-ai/ovi"),
-        ("/queue/fal-ai/ovi", b"/queue/fal-ai/ovi"),
-        ("/files/upload", None),
-    ]
 
 
 def test_openapi_documents_every_endpoint(app_client) -> None:
@@ -102,13 +39,22 @@ def test_openapi_documents_every_endpoint(app_client) -> None:
         "/queue/fal-ai/ovi/image-to-video/requests/{request_id}",
         "/fal-ai/ovi",
         "/fal-ai/ovi/image-to-video",
+        "/files/{kind}/{file_id}/{name}",
         "/health",
     ):
         assert path in paths, path
-    body = paths["/queue/fal-ai/ovi/image-to-video"]["post"]["requestBody"]
-    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/OviImageToVideoInput")
+    for prefix, name in (("/queue", "QueueStatus"), ("", "OviImageToVideoOutput")):
+        post = paths[f"{prefix}/fal-ai/ovi/image-to-video"]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert body.endswith("/OviImageToVideoInput")
+        answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert answer.endswith("/" + name)
+        assert {"401", "422", "429"} <= set(post["responses"])
+    t2v = paths["/queue/fal-ai/ovi"]["post"]["requestBody"]["content"]["application/json"]
+    assert t2v["schema"]["$ref"].endswith("/OviInput")
     assert "apiKeyAuth" in doc["components"]["securitySchemes"]
-    assert "429" in paths["/queue/fal-ai/ovi"]["post"]["responses"]
+    operation_ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids))
 
 
 def test_unhandled_errors_are_500_with_fal_shape(
@@ -123,75 +69,102 @@ def test_unhandled_errors_are_500_with_fal_shape(
     r = client.get("/health")
     assert r.status_code == 500
     assert r.json() == {"detail": "Internal server error", "error_type": "internal_error"}
+    assert r.headers["x-fal-error-type"] == "internal_error"
 
 
-class RecordingDispatcher:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def enqueue(self, url: str, **kw: Any) -> int:
-        self.sent.append({"url": url, **kw})
-        return len(self.sent)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        pass
-
-    def jwks(self) -> dict:
-        return {"keys": []}
+def test_starlette_refusals_keep_their_shape(app_client) -> None:
+    client, _ = app_client
+    r = client.get("/no/such/path")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    r = client.delete("/health")
+    assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}
 
 
-def test_webhooks_are_pumped_once_per_completion(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+def test_store_and_storage_come_from_their_urls(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    settings = make_settings(
+        tmp_path / "data",
+        job_store=f"sqlite:///{shared / 'queue.db'}",
+        storage=(shared / "blobs").as_uri(),
+    )
     with running_app(settings) as (client, app):
-        app.state.webhooks.stop()
-        recorder = app.state.webhooks = RecordingDispatcher()
-        hook = "https://hooks.example.com/ovi"
-        ok = client.post(
-            f"/queue/fal-ai/ovi?fal_webhook={hook}", json={"prompt": "x"}, headers=AUTH
-        )
-        assert ok.status_code == 200 and ok.json()["gateway_request_id"]
-        bad = client.post(
-            f"/queue/fal-ai/ovi?fal_webhook={hook}", json={"prompt": "y"}, headers=AUTH
-        )
-        store = store_of(app)
-        finish_next(store)
-        finish_next(store, error=JobError("Generation failed: x", "runner_server_error", 500))
-        maintenance = Maintenance(app, settings)
-        maintenance.tick()
-        maintenance.tick()
-        assert len(recorder.sent) == 2
-        first, second = recorder.sent
-        assert first["url"] == hook and first["request_id"] == ok.json()["request_id"]
-        assert first["gateway_request_id"] == ok.json()["gateway_request_id"]
-        assert first["status"] == "OK"
-        assert first["payload"]["video"]["url"] == "http://testserver" + RESULT["video"]["url"]
-        assert second["request_id"] == bad.json()["request_id"] and second["status"] == "ERROR"
-        assert second["payload"] == {
-            "detail": "Generation failed: x",
-            "error_type": "runner_server_error",
-        }
-        refused = client.post(
-            "/queue/fal-ai/ovi?fal_webhook=http://127.0.0.1:9/hook",
-            json={"prompt": "x"},
-            headers=AUTH,
-        )
-        assert refused.status_code == 422
-        assert refused.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
+        assert isinstance(app.state.store, SqliteJobStore)
+        assert app.state.store.path == shared / "queue.db"
+        assert isinstance(app.state.storage, LocalStorage)
+        assert app.state.storage.root == (shared / "blobs").resolve()
+        assert client.post("/queue/fal-ai/ovi", json={"prompt": "x"}, headers=AUTH).is_success
+    assert not (tmp_path / "data" / "jobs.sqlite3").exists()
 
 
-def test_maintenance_recovers_stale_workers_and_sweeps(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, worker_stale_after_s=5, output_retention_s=60)
-    with running_app(settings) as (_, app):
-        store = store_of(app)
-        job = store.submit(NewJob(app="fal-ai/ovi", input={"prompt": "x"}))
-        store.heartbeat(WorkerInfo(id="remote-1", state="ready", heartbeat_at=time.time() - 10))
-        store.claim("remote-1")
-        old = app.state.storage.save(
-            b"x", content_type="video/mp4", file_name="a.mp4", kind="outputs"
-        )
-        os.utime(old.path, (time.time() - 120, time.time() - 120))
-        Maintenance(app, settings).tick()
-        back = store.get(job.id)
-        assert back.status is JobStatus.IN_QUEUE and back.attempts == 1
-        assert store.workers() == []
-        assert not old.path.exists()
+def _png_data_uri() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_api_and_worker_share_only_the_two_urls(tmp_path: Path, tiny_pipeline) -> None:
+    """An API and a worker with separate data dirs (as on two machines), sharing the job store
+    and the storage by URL: the worker reads the input image the API stored and the API serves
+    the output the worker stored."""
+    from server.settings import ServerSettings
+    from server.worker import run_worker
+
+    shared = {
+        "job_store": f"sqlite:///{tmp_path / 'shared' / 'jobs.sqlite3'}",
+        "storage": (tmp_path / "shared" / "files").as_uri(),
+    }
+    api_settings = make_settings(tmp_path / "api", **shared)
+    worker_settings = ServerSettings(
+        data_dir=tmp_path / "worker", poll_interval_s=0.02, heartbeat_interval_s=0.1, **shared
+    )
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=run_worker,
+        args=(worker_settings, "w-remote"),
+        kwargs={"stop_event": stop, "pipeline": tiny_pipeline},
+    )
+    with running_app(api_settings) as (client, app):
+        body = {"prompt": "a cat", "image_url": _png_data_uri(), "num_inference_steps": 2}
+        submitted = client.post("/queue/fal-ai/ovi/image-to-video", json=body, headers=AUTH)
+        assert submitted.status_code == 200, submitted.text
+        rid = submitted.json()["request_id"]
+        (input_key,) = store_of(app).get(rid).input_files.values()
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while not store_of(app).get(rid).done:
+                assert time.monotonic() < deadline, "the worker did not finish in time"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join(30)
+        result = client.get(f"/queue/fal-ai/ovi/requests/{rid}", headers=AUTH)
+        assert result.status_code == 200, result.text
+        video = result.json()["video"]
+        assert video["url"].startswith("http://testserver/files/outputs/")
+        served = client.get(video["url"].removeprefix("http://testserver"))
+        assert served.status_code == 200 and len(served.content) == video["file_size"] > 0
+        assert served.content[4:8] == b"ftyp"  # an MP4
+        with pytest.raises(FileNotFoundError):  # the input is gone once the job is done
+            app.state.storage.stat(input_key)
+    assert not (tmp_path / "worker" / "files").exists()  # nothing went to the worker's own dir
+    assert not (tmp_path / "api" / "files").exists()
+
+
+def test_the_api_process_imports_neither_torch_nor_the_worker(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from server.main import create_app\n"
+        "from server.settings import ServerSettings\n"
+        f"s = ServerSettings(data_dir={str(tmp_path)!r}, workers=0, api_keys=[{KEY!r}])\n"
+        "with TestClient(create_app(s)) as c:\n"
+        "    assert c.get('/health').status_code == 503\n"
+        "heavy = ('torch', 'server.worker', 'model.pipeline')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from _app import AUTH, RESULT, finish_next, make_settings, running_app, store_of
+from _app import AUTH, RESULT, claim, finish_next, make_settings, running_app, store_of
 
-import server.routes.queue as queue_routes
+import server.serving as serving
 from server.fetch import ImageInputError
-from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError
+from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError, Outcome
+from server.schemas import OviImageToVideoInput
+from server.storage import read_all
 
 Q = "/queue/fal-ai/ovi"
 I2V = "/queue/fal-ai/ovi/image-to-video"
@@ -25,7 +27,7 @@ def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             raise ImageInputError(url, "not a readable image: cannot identify image file")
         return b"image-bytes"
 
-    monkeypatch.setattr(queue_routes, "load_image_input", fake_load)
+    monkeypatch.setattr(serving, "load_image_input", fake_load)
     with running_app(make_settings(tmp_path, max_queue_size=3)) as (client, app):
         yield client, app
 
@@ -56,7 +58,8 @@ def test_image_to_video_urls_drop_the_sub_path_and_store_the_image(app_client) -
     assert r.status_code == 200, r.text
     rid = r.json()["request_id"]
     assert r.json()["response_url"].endswith(f"/queue/fal-ai/ovi/requests/{rid}")
-    assert store_of(app).attachment(rid, "image") == b"image-bytes"
+    (key,) = store_of(app).get(rid).input_files.values()  # the job keeps only the key
+    assert read_all(app.state.storage, key) == b"image-bytes"
     # both paths find it
     assert client.get(f"{I2V}/requests/{rid}/status", headers=AUTH).status_code == 202
     assert client.get(f"{Q}/requests/{rid}/status", headers=AUTH).status_code == 202
@@ -74,7 +77,7 @@ def test_status_lifecycle_logs_metrics_and_result(app_client) -> None:
     assert r.status_code == 400 and r.json()["detail"] == "Request is still in progress"
 
     store = store_of(app)
-    job = store.claim("w")
+    job = claim(store)
     store.append_log(job.id, "Step 1/2")
     st = client.get(f"{Q}/requests/{rid}/status?logs=1", headers=AUTH)
     assert st.status_code == 202
@@ -84,7 +87,7 @@ def test_status_lifecycle_logs_metrics_and_result(app_client) -> None:
     assert set(body["logs"][0]) == {"message", "level", "source", "timestamp"}
     assert client.get(f"{Q}/requests/{second}/status", headers=AUTH).json()["queue_position"] == 0
 
-    store.complete(job.id, "w", result=RESULT, metrics={"inference_time": 1.25})
+    store.complete(job.id, "w", Outcome(RESULT, metrics={"inference_time": 1.25}))
     st = client.get(f"{Q}/requests/{rid}/status?logs=false", headers=AUTH)
     assert st.status_code == 200
     assert st.json()["status"] == "COMPLETED" and st.json()["metrics"] == {"inference_time": 1.25}
@@ -154,7 +157,7 @@ def test_cancel_queued_then_already_completed(app_client) -> None:
 def test_cancel_running_sets_the_flag(app_client) -> None:
     client, app = app_client
     rid = submit(client, headers=AUTH).json()["request_id"]
-    store_of(app).claim("w")
+    claim(store_of(app))
     assert client.put(f"{Q}/requests/{rid}/cancel", headers=AUTH).status_code == 202
     assert store_of(app).is_cancel_requested(rid)
 
@@ -260,14 +263,19 @@ def test_sse_stream_until_completed(app_client) -> None:
     store = store_of(app)
 
     def work() -> None:  # the TestClient hands the body over only once the stream ends
-        time.sleep(0.15)
-        store.claim("w")
-        store.append_log(rid, "Step 1/2")
-        time.sleep(0.5)  # longer than the 0.3 s ping interval
-        store.append_log(rid, "Step 2/2")
-        time.sleep(0.1)
-        store.append_log(rid, "Done")
-        store.complete(rid, "w", result=RESULT)
+        try:
+            time.sleep(0.15)
+            claim(store)
+            store.append_log(rid, "Step 1/2")
+            time.sleep(0.5)  # longer than the 0.3 s ping interval
+            store.append_log(rid, "Step 2/2")
+            time.sleep(0.1)
+            store.append_log(rid, "Done")
+            store.complete(rid, "w", Outcome(RESULT))
+        finally:  # whatever went wrong, end the stream (the assertions below then fail)
+            if not store.get(rid).done:
+                store.cancel(rid)  # a queued job completes as cancelled
+                store.complete(rid, "w", Outcome(error=CANCELLED))  # a running one, if ours
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -312,14 +320,7 @@ def test_per_endpoint_openapi(app_client) -> None:
         "COMPLETED",
     ]
     order = schemas["OviImageToVideoInput"]["x-fal-order-properties"]
-    assert order == [
-        "prompt",
-        "negative_prompt",
-        "num_inference_steps",
-        "audio_negative_prompt",
-        "seed",
-        "image_url",
-    ]
+    assert order == list(OviImageToVideoInput.model_fields)  # fal's order: test_schemas.py
     assert "/fal-ai/ovi/image-to-video" in doc["paths"]
     assert "/fal-ai/ovi/requests/{request_id}/status" in doc["paths"]
     r = client.get("/openapi/queue/openapi.json", params={"endpoint_id": "fal-ai/other"})

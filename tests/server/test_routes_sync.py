@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from _app import AUTH, RESULT, background_worker, make_settings, running_app, store_of
 
-import server.routes.queue as queue_routes
-from server.jobs.base import JobError
+import server.serving as serving
+from server.jobs.base import JobError, Outcome
 
 
 @pytest.fixture()
@@ -16,7 +16,7 @@ def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     async def fake_load(url: str, settings, *, storage=None) -> bytes:
         return b"image-bytes"
 
-    monkeypatch.setattr(queue_routes, "load_image_input", fake_load)
+    monkeypatch.setattr(serving, "load_image_input", fake_load)
     with running_app(make_settings(tmp_path)) as (client, app):
         yield client, app
 
@@ -45,7 +45,7 @@ def test_run_image_to_video_and_failure(app_client) -> None:
             422,
             detail=[{"loc": ["body", "image_url"], "msg": "bad", "type": "image_load_error"}],
         )
-        store.complete(job.id, "w-bg", error=err)
+        store.complete(job.id, "w-bg", Outcome(error=err))
 
     with background_worker(store, fail):
         r = client.post(

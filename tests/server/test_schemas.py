@@ -29,19 +29,11 @@ def test_field_order_and_defaults() -> None:
     assert t2v.negative_prompt == "jitter, bad hands, blur, distortion"
     assert t2v.audio_negative_prompt == "robotic, muffled, echo, distorted"
     assert t2v.num_inference_steps == 30 and t2v.seed is None and t2v.resolution == "992x512"
-    assert RESOLUTIONS == (
-        "512x992",
-        "992x512",
-        "960x512",
-        "512x960",
-        "720x720",
-        "448x1120",
-        "1120x448",
-    )
+    assert RESOLUTIONS == tuple("512x992 992x512 960x512 512x960 720x720 448x1120 1120x448".split())
 
 
 def test_defaults_are_fals() -> None:
-    # fal's published defaults, which are also the official release's (model.presets).
+    # fal's published defaults, which are also the official release's (model.sampling).
     for model in (OviInput, OviImageToVideoInput):
         assert (
             model.model_fields["negative_prompt"].default == "jitter, bad hands, blur, distortion"

@@ -23,7 +23,29 @@ def test_defaults() -> None:
     s = ServerSettings()
     assert s.host == "127.0.0.1" and s.port == 8000 and s.workers == 1
     assert s.api_keys == [] and s.sse_ping_interval_s == 15.0 and s.model_name == "720x720_5s"
-    assert s.db_path == Path("data") / "jobs.sqlite3"
+    assert s.job_store_url == "sqlite:///data/jobs.sqlite3"
+    assert s.storage_url == (Path.cwd() / "data" / "files").as_uri()
+
+
+def test_job_store_and_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ServerSettings(data_dir=tmp_path)
+    assert s.job_store_url == f"sqlite:///{tmp_path}/jobs.sqlite3"  # sqlite:////abs/...
+    assert s.storage_url == f"file://{tmp_path}/files"
+    monkeypatch.setenv("OVI_JOB_STORE", "sqlite:////srv/ovi/jobs.sqlite3")
+    monkeypatch.setenv("OVI_STORAGE", "file:///srv/ovi/files")
+    s = ServerSettings(data_dir=tmp_path)
+    assert (s.job_store_url, s.storage_url) == (
+        "sqlite:////srv/ovi/jobs.sqlite3",
+        "file:///srv/ovi/files",
+    )
+    config = tmp_path / "ovi.toml"
+    config.write_text('job_store = "sqlite:///q.db"\nstorage = "file:///x"\n')
+    monkeypatch.delenv("OVI_JOB_STORE")
+    assert load_settings(config_file=config).job_store_url == "sqlite:///q.db"
+    with pytest.raises(ValidationError, match="supported schemes are sqlite://"):
+        ServerSettings(job_store="redis://localhost/0")
+    with pytest.raises(ValidationError, match="supported schemes are file://"):
+        ServerSettings(storage="s3://bucket/prefix")
 
 
 def test_precedence_flags_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

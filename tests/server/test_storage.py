@@ -1,41 +1,64 @@
-"""server/storage.py: layout, sanitising, traversal-safe resolve, retention sweep."""
+"""server/storage: `open_storage` by URL, key helpers, sanitising, and what LocalStorage adds to
+the contract (tests/contract): its directory layout, symlinks, temp files, emptied directories."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
-from server.storage import LocalStorage, new_file_id, sanitize_content_type, sanitize_file_name
+from server.storage import (
+    LocalStorage,
+    check_storage_url,
+    key_from_path,
+    open_storage,
+    sanitize_content_type,
+    sanitize_file_name,
+)
+from server.storage.local import file_url_path
 
 
 @pytest.fixture
-def storage(tmp_path):
+def storage(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "files")
 
 
-def test_save_layout_and_resolve(storage):
-    stored = storage.save(b"abc", content_type="image/png", file_name="cat.png", kind="uploads")
-    assert stored.file_size == 3 and stored.file_name == "cat.png"
-    assert stored.content_type == "image/png"
-    kind, file_id, name = stored.url_path.removeprefix("/files/").split("/")
-    assert (kind, name) == ("uploads", "cat.png") and len(file_id) >= 16
-    assert stored.path == storage.root / "uploads" / file_id / "cat.png"
-    assert storage.resolve(stored.url_path).read_bytes() == b"abc"
-    assert storage.resolve(stored.url_path.removeprefix("/files")) == stored.path
-    again = storage.save(b"abc", content_type="image/png", file_name="cat.png", kind="uploads")
-    assert again.url_path != stored.url_path  # fresh random id each time
+def test_file_urls(tmp_path: Path) -> None:
+    assert file_url_path("file:///srv/ovi/files") == Path("/srv/ovi/files")
+    assert file_url_path("file://localhost/srv/ovi") == Path("/srv/ovi")
+    assert file_url_path("file:///srv/my%20ovi") == Path("/srv/my ovi")
+    opened = open_storage((tmp_path / "x y").as_uri())
+    assert isinstance(opened, LocalStorage) and opened.root == (tmp_path / "x y").resolve()
+    assert {p.name for p in opened.root.iterdir()} == {"outputs", "uploads", "inputs"}
+    for bad in ("file://nas/share", "file:relative/dir", "file:///x?y=1"):
+        with pytest.raises(ValueError, match="file:///absolute/path"):
+            open_storage(bad)
 
 
-def test_client_path_never_reaches_disk(storage):
+@pytest.mark.parametrize("url", ["s3://bucket/prefix", "/srv/files", "data/files", "gs://b", ""])
+def test_unknown_schemes_name_the_supported_ones(url: str) -> None:
+    with pytest.raises(ValueError, match=r"supported schemes are file://"):
+        check_storage_url(url)
+    with pytest.raises(ValueError, match=r"supported schemes are file://"):
+        open_storage(url)
+
+
+def test_key_from_path() -> None:
+    key = "outputs/AAAAAAAAAAAAAAAAAAAAAA/clip.mp4"
+    assert key_from_path("/files/" + key) == key
+    assert key_from_path("/files/" + key + "?x=1#y") == key
+    for other in ("/other/" + key, "/files/outputs/../x/y.mp4", "/files/outputs/short/a.mp4", ""):
+        assert key_from_path(other) is None
+
+
+def test_layout_on_disk(storage: LocalStorage) -> None:
+    stored = storage.save(b"abc", kind="uploads", content_type="image/png", file_name="cat.png")
+    assert (storage.root / stored.key).read_bytes() == b"abc"
+    assert stored.url == "/files/" + stored.key
     stored = storage.save(
-        b"x", content_type="image/jpeg", file_name="../../etc/passwd.jpg", kind="uploads"
-    )
-    assert stored.file_name == "passwd.jpg"
-    assert stored.path.parent.parent == storage.root / "uploads"
-    stored = storage.save(
-        b"x", content_type="video/mp4", file_name="C:\\x\\..\\ä b.mp4", kind="outputs"
+        b"x", kind="outputs", content_type="video/mp4", file_name="C:\\x\\..\\ä b.mp4"
     )
     assert stored.file_name == "a_b.mp4"
 
@@ -61,59 +84,26 @@ def test_sanitize_content_type():
     assert sanitize_content_type(None) == "application/octet-stream"
 
 
-def test_pre_signed_id(storage):
-    file_id = new_file_id()
-    stored = storage.save(
-        b"1", content_type="image/png", file_name="a.png", kind="uploads", file_id=file_id
-    )
-    assert f"/{file_id}/" in stored.url_path
-    with pytest.raises(ValueError):
-        storage.save(
-            b"1", content_type="image/png", file_name="a.png", kind="uploads", file_id="../x"
-        )
-    with pytest.raises(ValueError):
-        storage.save(b"1", content_type="image/png", file_name="a.png", kind="cache")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "url_path",
-    [
-        "/files/uploads/../outputs/x/y.png",
-        "/files/uploads/%2e%2e/x.png",
-        "/files/uploads/abcdefghijklmnopq/../../../etc/passwd",
-        "/files/uploads/short/a.png",
-        "/files/cache/abcdefghijklmnopq/a.png",
-        "/files/uploads/abcdefghijklmnopq/.a.png.partial",
-        "/files/uploads/abcdefghijklmnopq",
-        "/etc/passwd",
-        "",
-    ],
-)
-def test_resolve_refuses(storage, url_path):
-    with pytest.raises(FileNotFoundError):
-        storage.resolve(url_path)
-
-
-def test_resolve_refuses_symlink_out(storage, tmp_path):
+def test_symlinks_out_of_root_are_not_found(storage: LocalStorage, tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("s")
     d = storage.root / "uploads" / "abcdefghijklmnopqrst"
     d.mkdir(parents=True)
     (d / "link.txt").symlink_to(secret)
     with pytest.raises(FileNotFoundError):
-        storage.resolve("/files/uploads/abcdefghijklmnopqrst/link.txt")
+        storage.stat("uploads/abcdefghijklmnopqrst/link.txt")
 
 
-def test_sweep(storage):
-    old = storage.save(b"old", content_type="video/mp4", file_name="o.mp4", kind="outputs")
-    new = storage.save(b"new", content_type="image/png", file_name="n.png", kind="uploads")
+def test_sweep_removes_emptied_directories_and_stale_temp_files(storage: LocalStorage) -> None:
+    old = storage.save(b"old", kind="outputs", content_type="video/mp4", file_name="o.mp4")
+    new = storage.save(b"new", kind="uploads", content_type="image/png", file_name="n.png")
+    old_path = storage.root / old.key
+    temp = old_path.parent.parent / "abcdefghijklmnopqrstuv" / ".x.mp4.1234.partial"
+    temp.parent.mkdir()
+    temp.write_bytes(b"half")
     past = time.time() - 3600
-    os.utime(old.path, (past, past))
-    assert storage.sweep(retention_s=600) == 1
-    assert not old.path.exists() and not old.path.parent.exists()
-    assert new.path.exists()
-    with pytest.raises(FileNotFoundError):
-        storage.resolve(old.url_path)
-    assert storage.sweep(retention_s=600) == 0
-    assert storage.sweep(retention_s=600, now=time.time() + 7200) == 1
-    assert not new.path.exists()
+    for path in (old_path, temp):
+        os.utime(path, (past, past))
+    assert storage.sweep(retention_s=600) == 1  # temp files are removed but not counted
+    assert not old_path.parent.exists() and not temp.parent.exists()
+    assert (storage.root / new.key).exists()

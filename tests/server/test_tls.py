@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import socket
 import ssl
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from cryptography import x509
 
-from server.tls import add_tls_commands, init_tls
+from server.tls import init_tls
 
 
 def _sans(path) -> tuple[set[str], set[str]]:
@@ -51,13 +51,13 @@ def test_bad_name_is_refused(tmp_path):
         init_tls(tmp_path, ["bad..name"])
 
 
-@pytest.mark.parametrize("server_name", ["localhost", "127.0.0.1"])
-def test_real_handshake_with_bundle(tmp_path, server_name):
-    files = init_tls(tmp_path)
+@contextmanager
+def tls_server(files) -> Iterator[int]:
+    """A one-connection TLS server on loopback with the made certificate; yields its port. It
+    sends b"hello" once the handshake succeeds."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(files.server_cert, files.server_key)
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
     def serve() -> None:
         conn, _ = listener.accept()
@@ -69,50 +69,28 @@ def test_real_handshake_with_bundle(tmp_path, server_name):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize("server_name", ["localhost", "127.0.0.1"])
+def test_real_handshake_with_bundle(tmp_path, server_name):
+    files = init_tls(tmp_path)
     client_ctx = ssl.create_default_context(cafile=str(files.bundle))
     if hasattr(ssl, "VERIFY_X509_STRICT"):
         client_ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13 does by default
-    with socket.create_connection(("127.0.0.1", port)) as raw:
+    with tls_server(files) as port, socket.create_connection(("127.0.0.1", port)) as raw:
         with client_ctx.wrap_socket(raw, server_hostname=server_name) as tls:
             assert tls.recv(5) == b"hello"
-            cert = tls.getpeercert()
-            assert cert is not None
-    thread.join(5)
-    listener.close()
+            assert tls.getpeercert() is not None
 
 
 def test_wrong_name_fails_handshake(tmp_path):
     files = init_tls(tmp_path)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(files.server_cert, files.server_key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        try:
-            with server_ctx.wrap_socket(conn, server_side=True):
-                pass
-        except (ssl.SSLError, OSError):
-            pass
-
-    threading.Thread(target=serve, daemon=True).start()
     client_ctx = ssl.create_default_context(cafile=str(files.bundle))
-    with socket.create_connection(("127.0.0.1", port)) as raw:
+    with tls_server(files) as port, socket.create_connection(("127.0.0.1", port)) as raw:
         with pytest.raises(ssl.SSLCertVerificationError):
             client_ctx.wrap_socket(raw, server_hostname="not-in-the-cert.example")
-    listener.close()
-
-
-def test_cli(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="ovi")
-    add_tls_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["tls", "init", str(tmp_path / "d"), "--name", "a.lan", "--name", "192.168.1.9"]
-    )
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "SSL_CERT_FILE=" in out and "NODE_EXTRA_CA_CERTS=" in out
-    dns, ips = _sans(tmp_path / "d" / "server.pem")
-    assert "a.lan" in dns and "192.168.1.9" in ips
-    assert ipaddress.ip_address("192.168.1.9")

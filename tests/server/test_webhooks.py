@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
-from _loopback_http import LoopbackServer, Reply
+from _loopback_http import LoopbackServer, Received, Reply
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.fetch import UrlPolicy
+from server.jobs import SqliteJobStore
 from server.settings import ServerSettings
 from server.webhooks import (
     HEADER_SIGNATURE,
@@ -44,34 +47,41 @@ def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def _dispatcher(key, tmp_path, policy=ALLOW_LOOPBACK, schedule=FAST) -> WebhookDispatcher:
+@pytest.fixture
+def outbox(tmp_path) -> Iterator[SqliteJobStore]:
+    """The job store whose outbox the dispatchers use."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+def _dispatcher(key, store, policy=ALLOW_LOOPBACK, schedule=FAST) -> WebhookDispatcher:
     return WebhookDispatcher(
-        signing_key=key,
-        policy=policy,
-        db_path=tmp_path / "webhooks.sqlite3",
-        schedule=schedule,
-        timeout_s=2,
+        signing_key=key, policy=policy, store=store, schedule=schedule, timeout_s=2
     )
 
 
-def test_delivery_is_signed_and_verifies(key, tmp_path):
+@contextmanager
+def sending(key, store, route: Callable[[Received], Reply], policy=ALLOW_LOOPBACK):
+    """A receiver answering with `route` at /hook and a started dispatcher; both stop after."""
     with LoopbackServer() as receiver:
-        receiver.routes["/hook"] = lambda req: Reply(200, b"ok")
-        dispatcher = _dispatcher(key, tmp_path)
+        receiver.routes["/hook"] = route
+        dispatcher = _dispatcher(key, store, policy)
         dispatcher.start()
         try:
-            payload = {"video": {"url": "http://x/files/outputs/a/v.mp4"}, "seed": 7}
-            dispatcher.enqueue(
-                receiver.base + "/hook",
-                request_id="req-1",
-                status="OK",
-                payload=payload,
-                user_id="u1",
-            )
-            _wait_for(lambda: len(receiver.received) == 1)
-            _wait_for(lambda: dispatcher.counts() == {})
+            yield dispatcher, receiver
         finally:
             dispatcher.close()
+
+
+def test_delivery_is_signed_and_verifies(key, outbox):
+    payload = {"video": {"url": "http://x/files/outputs/a/v.mp4"}, "seed": 7}
+    with sending(key, outbox, lambda req: Reply(200, b"ok")) as (dispatcher, receiver):
+        dispatcher.enqueue(
+            receiver.base + "/hook", request_id="req-1", status="OK", payload=payload, user_id="u1"
+        )
+        _wait_for(lambda: len(receiver.received) == 1)
+        _wait_for(lambda: dispatcher.counts() == {})
     got = receiver.received[0]
     assert got.method == "POST" and got.headers["Content-Type"] == "application/json"
     assert got.headers["Host"] == f"127.0.0.1:{receiver.port}"
@@ -95,26 +105,20 @@ def test_delivery_is_signed_and_verifies(key, tmp_path):
         verify_webhook(got.headers, got.body, Ed25519PrivateKey.generate().public_key())
 
 
-def test_retries_after_failures_then_succeeds(key, tmp_path):
-    with LoopbackServer() as receiver:
-        answers = iter([500, 503, 200])
-        receiver.routes["/hook"] = lambda req: Reply(next(answers))
-        dispatcher = _dispatcher(key, tmp_path)
-        dispatcher.start()
-        try:
-            start = time.monotonic()
-            dispatcher.enqueue(
-                receiver.base + "/hook",
-                request_id="r",
-                status="ERROR",
-                payload={"detail": "boom", "error_type": "internal_error"},
-                error="Invalid status code: 500",
-            )
-            _wait_for(lambda: len(receiver.received) == 3)
-            elapsed = time.monotonic() - start
-            _wait_for(lambda: dispatcher.counts() == {})
-        finally:
-            dispatcher.close()
+def test_retries_after_failures_then_succeeds(key, outbox):
+    answers = iter([500, 503, 200])
+    with sending(key, outbox, lambda req: Reply(next(answers))) as (dispatcher, receiver):
+        start = time.monotonic()
+        dispatcher.enqueue(
+            receiver.base + "/hook",
+            request_id="r",
+            status="ERROR",
+            payload={"detail": "boom", "error_type": "internal_error"},
+            error="Invalid status code: 500",
+        )
+        _wait_for(lambda: len(receiver.received) == 3)
+        elapsed = time.monotonic() - start
+        _wait_for(lambda: dispatcher.counts() == {})
     assert elapsed >= 0.05 + 0.1 - 0.02  # backoff: 0.05 s then 0.1 s
     bodies = {r.body for r in receiver.received}
     assert len(bodies) == 1  # the same body every attempt
@@ -123,61 +127,64 @@ def test_retries_after_failures_then_succeeds(key, tmp_path):
     assert json.loads(r.body)["error"] == "Invalid status code: 500"
 
 
-def test_gives_up_after_max_attempts(key, tmp_path):
-    with LoopbackServer() as receiver:
-        receiver.routes["/hook"] = lambda req: Reply(500)
-        dispatcher = _dispatcher(key, tmp_path)
-        dispatcher.start()
-        try:
-            dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
-            _wait_for(lambda: dispatcher.counts() == {"failed": 1})
-        finally:
-            dispatcher.close()
+def test_gives_up_after_max_attempts(key, outbox):
+    with sending(key, outbox, lambda req: Reply(500)) as (dispatcher, receiver):
+        dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
+        _wait_for(lambda: dispatcher.counts() == {"failed": 1})
     assert len(receiver.received) == FAST.max_attempts
 
 
 def test_pending_delivery_survives_restart(key, tmp_path):
     with LoopbackServer() as receiver:
         receiver.routes["/hook"] = lambda req: Reply(204)
-        first = _dispatcher(key, tmp_path)  # never started: the process "died" before sending
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        first = _dispatcher(key, store)  # never started: the process "died" before sending
         first.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={"a": 1})
         first.close()
-        second = _dispatcher(key, tmp_path)
+        store.close()
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        second = _dispatcher(key, store)
         second.start()
         try:
             _wait_for(lambda: len(receiver.received) == 1)
             _wait_for(lambda: second.counts() == {})
         finally:
             second.close()
+            store.close()
 
 
-def test_enqueue_does_not_wait_for_a_slow_receiver(key, tmp_path):
-    with LoopbackServer() as receiver:
-        receiver.routes["/hook"] = lambda req: Reply(200, b"ok", delay_s=1.0)
-        dispatcher = _dispatcher(key, tmp_path)
-        dispatcher.start()
+def test_two_dispatchers_on_one_store_send_each_delivery_once(key, outbox, tmp_path):
+    other = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    with sending(key, outbox, lambda req: Reply(200)) as (dispatcher, receiver):
+        second = _dispatcher(key, other)
+        second.start()
         try:
-            t0 = time.monotonic()
-            for i in range(3):
-                dispatcher.enqueue(
+            for i in range(8):
+                (dispatcher if i % 2 else second).enqueue(
                     receiver.base + "/hook", request_id=f"r{i}", status="OK", payload={}
                 )
-            assert time.monotonic() - t0 < 0.5
-            _wait_for(lambda: dispatcher.counts() == {})
+            _wait_for(lambda: dispatcher.counts() == {} and len(receiver.received) == 8)
         finally:
-            dispatcher.close()
+            second.close()
+            other.close()
+    ids = sorted(r.headers["X-Fal-Webhook-Request-Id"] for r in receiver.received)
+    assert ids == [f"r{i}" for i in range(8)]
 
 
-def test_private_url_is_refused_without_allowlist(key, tmp_path):
-    with LoopbackServer() as receiver:
-        receiver.routes["/hook"] = lambda req: Reply(200)
-        dispatcher = _dispatcher(key, tmp_path, policy=UrlPolicy())
-        dispatcher.start()
-        try:
-            dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
-            _wait_for(lambda: dispatcher.counts() == {"failed": 1})
-        finally:
-            dispatcher.close()
+def test_enqueue_does_not_wait_for_a_slow_receiver(key, outbox):
+    slow = lambda req: Reply(200, b"ok", delay_s=1.0)  # noqa: E731
+    with sending(key, outbox, slow) as (dispatcher, receiver):
+        t0 = time.monotonic()
+        for i in range(3):
+            dispatcher.enqueue(receiver.base + "/hook", request_id=f"r{i}", status="OK", payload={})
+        assert time.monotonic() - t0 < 0.5
+        _wait_for(lambda: dispatcher.counts() == {})
+
+
+def test_private_url_is_refused_without_allowlist(key, outbox):
+    with sending(key, outbox, lambda req: Reply(200), UrlPolicy()) as (dispatcher, receiver):
+        dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
+        _wait_for(lambda: dispatcher.counts() == {"failed": 1})
     assert receiver.received == []
     with pytest.raises(ValueError, match="loopback"):
         check_webhook_url("http://127.0.0.1:9/x", UrlPolicy())
@@ -218,12 +225,12 @@ def test_unserialisable_payload_becomes_payload_error():
     assert body["payload"] is None and "not valid JSON" in body["payload_error"]
 
 
-def test_key_persists_in_data_dir(tmp_path):
+def test_key_persists_in_data_dir(tmp_path, outbox):
     settings = ServerSettings(
         data_dir=tmp_path, url_allowlist=["127.0.0.1"], webhook_initial_delay_s=1
     )
-    a = WebhookDispatcher.from_settings(settings)
-    b = WebhookDispatcher.from_settings(settings)
+    a = WebhookDispatcher.from_settings(settings, outbox)
+    b = WebhookDispatcher.from_settings(settings, outbox)
     try:
         assert a.jwks() == b.jwks()
         assert a.jwks()["keys"][0]["crv"] == "Ed25519"

@@ -4,7 +4,6 @@ and the process supervisor (crash -> re-queue once -> fail)."""
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 from pathlib import Path
@@ -13,18 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.jobs import JobStatus, NewJob, SqliteJobStore
-from server.jobs.base import CANCELLED, WORKER_LOST
+from model.options import RuntimeOptions
+from model.presets import get_preset
+from model.sampling import SamplingParams
+from server.jobs import JobStatus, NewJob, SqliteJobStore, open_store
+from server.jobs.base import CANCELLED
 from server.schemas import I2V_APP, T2V_APP, OviImageToVideoInput, OviInput
 from server.settings import ServerSettings
-from server.storage import LocalStorage
+from server.storage import LocalStorage, Storage, key_from_path
 from server.worker import (
     JobContext,
-    WorkerSupervisor,
     classify_failure,
-    pipeline_kwargs,
     run_job,
     run_worker,
+    sampling_params,
 )
 
 
@@ -34,6 +35,12 @@ def t2v(**kw) -> dict:
 
 def i2v(**kw) -> dict:
     return OviImageToVideoInput(prompt="a cat", image_url="data:,", **kw).model_dump(mode="json")
+
+
+def image_input(storage: Storage, data: bytes) -> dict[str, str]:
+    """What the API does with a request's image: store it, keep the key."""
+    stored = storage.save(data, kind="inputs", content_type="image/png", file_name="image")
+    return {"image": stored.key}
 
 
 def png_bytes() -> bytes:
@@ -62,27 +69,30 @@ def ctx(store: SqliteJobStore, tmp_path: Path) -> JobContext:
 # --- mapping and classification ---
 
 
-def test_pipeline_kwargs_text_to_video() -> None:
-    kwargs = pipeline_kwargs(T2V_APP, t2v(resolution="512x992", seed=3, num_inference_steps=7))
-    assert kwargs == {
-        "prompt": "a cat says hi",
-        "image": None,
-        "negative_prompt": "jitter, bad hands, blur, distortion",
-        "audio_negative_prompt": "robotic, muffled, echo, distorted",
-        "steps": 7,
-        "seed": 3,
-        "height": 992,  # "WxH": 512 wide, 992 high
-        "width": 512,
-    }
+DEFAULTS = SamplingParams(steps=4, slg_layer=1, height=64, width=64)
 
 
-def test_pipeline_kwargs_image_to_video() -> None:
-    image = object()
-    kwargs = pipeline_kwargs(I2V_APP, i2v(), image)
-    assert kwargs["image"] is image and kwargs["steps"] == 30 and kwargs["seed"] is None
-    assert "height" not in kwargs and "width" not in kwargs
+def test_sampling_params_text_to_video() -> None:
+    params = sampling_params(
+        T2V_APP, t2v(resolution="512x992", seed=3, num_inference_steps=7), DEFAULTS
+    )
+    assert params == DEFAULTS.replace(
+        video_negative_prompt="jitter, bad hands, blur, distortion",
+        audio_negative_prompt="robotic, muffled, echo, distorted",
+        steps=7,
+        seed=3,
+        height=992,  # "WxH": 512 wide, 992 high
+        width=512,
+    )
+
+
+def test_sampling_params_image_to_video() -> None:
+    params = sampling_params(I2V_APP, i2v(), DEFAULTS)
+    assert params.steps == 30 and params.seed is None
+    assert (params.height, params.width) == (64, 64)  # i2v: the image decides, not the request
+    assert params.slg_layer == 1  # knobs fal does not expose keep the variant's defaults
     with pytest.raises(ValueError):
-        pipeline_kwargs("fal-ai/other", t2v())
+        sampling_params("fal-ai/other", t2v(), DEFAULTS)
 
 
 def test_classify_failure() -> None:
@@ -111,8 +121,8 @@ def test_run_job_text_to_video(tiny_pipeline, store: SqliteJobStore, ctx: JobCon
     video = done.result["video"]
     assert done.result["seed"] == 11
     assert video["content_type"] == "video/mp4" and video["url"].startswith("/files/outputs/")
-    path = ctx.storage.resolve(video["url"])
-    assert path.stat().st_size == video["file_size"] > 0
+    stored = ctx.storage.stat(key_from_path(video["url"]))
+    assert stored.file_size == video["file_size"] > 0
     messages = [e.message for e in store.logs(job.id)]
     assert any(m.startswith("Step 1/2") for m in messages)
     assert any(m.startswith("Step 2/2") for m in messages)
@@ -123,53 +133,71 @@ def test_run_job_text_to_video(tiny_pipeline, store: SqliteJobStore, ctx: JobCon
 def test_run_job_bad_image_fails_the_job_only(
     tiny_pipeline, store: SqliteJobStore, ctx: JobContext
 ) -> None:
-    job = store.submit(NewJob(app=I2V_APP, input=i2v(), attachments={"image": b"not an image"}))
+    files = image_input(ctx.storage, b"not an image")
+    job = store.submit(NewJob(app=I2V_APP, input=i2v(), input_files=files))
     run_job(tiny_pipeline, store.claim("w"), ctx)
     done = store.get(job.id)
     assert done.error.status_code == 422 and done.error.error_type == "image_load_error"
+    with pytest.raises(FileNotFoundError):  # the job is over: its input goes
+        ctx.storage.stat(files["image"])
+
+
+@pytest.mark.parametrize("input_files", [{}, {"image": "inputs/AAAAAAAAAAAAAAAAAAAAAA/image"}])
+def test_run_job_missing_image_is_a_clear_422(
+    store: SqliteJobStore, ctx: JobContext, input_files: dict[str, str]
+) -> None:
+    """Queued before the upgrade (no key) or expired from the storage: the job fails, clearly."""
+    job = store.submit(NewJob(app=I2V_APP, input=i2v(), input_files=input_files))
+    run_job(FakePipeline(), store.claim("w"), ctx)
+    error = store.get(job.id).error
+    assert error.status_code == 422 and "submit again" in error.message
 
 
 def test_run_job_cancel_and_shutdown(tiny_pipeline, store: SqliteJobStore, ctx: JobContext) -> None:
-    job = store.submit(NewJob(app=I2V_APP, input=i2v(), attachments={"image": png_bytes()}))
+    job = store.submit(
+        NewJob(app=I2V_APP, input=i2v(), input_files=image_input(ctx.storage, png_bytes()))
+    )
     store.claim("w")
     store.cancel(job.id)  # running: the flag is seen before the first step
     run_job(tiny_pipeline, store.get(job.id), ctx)
     assert store.get(job.id).error == CANCELLED
 
-    job = store.submit(NewJob(app=T2V_APP, input=t2v()))
+    files = image_input(ctx.storage, png_bytes())
+    job = store.submit(NewJob(app=I2V_APP, input=i2v(), input_files=files))
     claimed = store.claim("w")
     stopping = JobContext(**{**ctx.__dict__, "stopping": lambda: True})
     run_job(tiny_pipeline, claimed, stopping)
     back = store.get(job.id)
     assert back.status is JobStatus.IN_QUEUE and back.attempts == 0
+    assert ctx.storage.stat(files["image"])  # back in the queue: its input stays
 
 
 # --- the loop, with a fake pipeline ---
 
 
 class FakePipeline:
-    def __call__(
-        self, prompt: str, image=None, *, seed=None, callback=None, should_cancel=None, **kw
-    ):
+    preset = get_preset("tiny")
+
+    def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
         from model.pipeline import OviOutput, StepInfo
 
         if prompt == "explode":
             raise RuntimeError("boom")
-        for step in range(1, (kw.get("steps") or 2) + 1):
+        for step in range(1, params.steps + 1):
             if should_cancel and should_cancel():
                 from model.pipeline import GenerationCancelled
 
                 raise GenerationCancelled()
             if callback:
-                callback(StepInfo(step, kw.get("steps") or 2, 0.0))
+                callback(StepInfo(step, params.steps, 0.0))
         video = np.zeros((5, 32, 32, 3), np.uint8)
         audio = np.zeros(1600, np.float32)
-        return OviOutput(video=video, audio=audio, seed=seed or 1, height=32, width=32)
+        return OviOutput(video=video, audio=audio, seed=params.seed or 1, height=32, width=32)
 
 
 def test_run_worker_loop_carries_on_after_failures(tmp_path: Path) -> None:
     settings = ServerSettings(data_dir=tmp_path, poll_interval_s=0.01, heartbeat_interval_s=0.05)
-    store = SqliteJobStore(settings.db_path)
+    store = open_store(settings.job_store_url)
     stop = threading.Event()
     thread = threading.Thread(
         target=run_worker,
@@ -192,41 +220,6 @@ def test_run_worker_loop_carries_on_after_failures(tmp_path: Path) -> None:
     assert store.workers() == []  # unregistered on the way out
 
 
-# --- the supervisor, with worker processes that crash ---
-
-
-def crashing_worker(settings: ServerSettings, worker_id: str, slot: int, stop_event) -> None:
-    """Spawned target: claim one job and die without a word."""
-    store = SqliteJobStore(settings.db_path)
-    from server.jobs.base import WorkerInfo
-
-    store.heartbeat(
-        WorkerInfo(id=worker_id, state="ready", heartbeat_at=time.time(), pid=os.getpid())
-    )
-    while not stop_event.is_set():
-        if store.claim(worker_id) is not None:
-            os._exit(3)
-        time.sleep(0.02)
-
-
-def test_supervisor_requeues_once_then_fails(tmp_path: Path) -> None:
-    settings = ServerSettings(data_dir=tmp_path, workers=1, max_attempts=2)
-    store = SqliteJobStore(settings.db_path)
-    job = store.submit(NewJob(app=T2V_APP, input=t2v()))
-    supervisor = WorkerSupervisor(settings, store, target=crashing_worker)
-    supervisor.start()
-    try:
-        deadline = time.time() + 60
-        while not store.get(job.id).done and time.time() < deadline:
-            time.sleep(0.05)
-    finally:
-        supervisor.stop(grace_s=2)
-    done = store.get(job.id)
-    assert done.error == WORKER_LOST, done
-    assert done.attempts == 2
-    assert any("re-queued" in e.message for e in store.logs(job.id))
-
-
 # --- building the pipeline ---
 
 
@@ -236,19 +229,20 @@ def test_load_pipeline_passes_the_model_settings(monkeypatch: pytest.MonkeyPatch
 
     seen = {}
 
-    def from_pretrained(weights_dir, **kwargs):
-        seen.update(kwargs, weights_dir=weights_dir)
+    def from_pretrained(weights_dir, variant, *, runtime):
+        seen.update(weights_dir=weights_dir, variant=variant, runtime=runtime)
         return "pipe"
 
     monkeypatch.setattr(OviPipeline, "from_pretrained", from_pretrained)
-    settings = ServerSettings(
-        weights_dir=Path("w"), variant="960x960_5s", cpu_offload=True, fp8=True,
-        block_offload=True, fp8_compute=True, batch_cfg=True, offload_text_encoder=True,
+    modes = dict(
+        cpu_offload=True, fp8=True, block_offload=True, fp8_compute=True, batch_cfg=True,
+        offload_text_encoder=True,
     )  # fmt: skip
+    settings = ServerSettings(weights_dir=Path("w"), variant="960x960_5s", **modes)
     assert load_pipeline(settings, device="cuda:1") == "pipe"
     assert seen == dict(
-        weights_dir=Path("w"), variant="960x960_5s", device="cuda:1", cpu_offload=True,
-        fp8=True, block_offload=True, fp8_compute=True, batch_cfg=True, offload_text_encoder=True,
+        weights_dir=Path("w"), variant="960x960_5s",
+        runtime=RuntimeOptions(device="cuda:1", **modes),
     )  # fmt: skip
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..config import T5Config
-from ..convert.umt5 import load_t5
-from ..loading import read_checkpoint
-from ..modules.text_encoder import TextEncoder
+from model.config import T5Config
+from model.convert.umt5 import load_t5
+from model.loading import read_checkpoint
+from model.modules.text_encoder import TextEncoder
+
 from . import Check, compare, exact, load_case_json
 
 _MAX_DISTANCE_KEY = "relative_attention_max_distance"

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import AudioVAEConfig, FusionConfig, T5Config, VocoderConfig, WanVAEConfig
-from ..loading import meta_state_dict
+from model.config import AudioVAEConfig, FusionConfig, T5Config, VocoderConfig, WanVAEConfig
+from model.loading import meta_state_dict
+
 from . import Check, exact
 
 
 def _fusion(state: dict) -> None:
-    from ..convert.fusion import load_fusion
+    from model.convert.fusion import load_fusion
 
     load_fusion(
         state, FusionConfig(), source="layout/fusion.json", dtype=torch.bfloat16, device="meta"
@@ -27,7 +28,7 @@ def _fusion(state: dict) -> None:
 
 
 def _t5(state: dict) -> None:
-    from ..convert.umt5 import load_t5
+    from model.convert.umt5 import load_t5
 
     load_t5(
         state, T5Config(), source="layout/t5_umt5_xxl.json", dtype=torch.bfloat16, device="meta"
@@ -35,19 +36,19 @@ def _t5(state: dict) -> None:
 
 
 def _wan_vae(state: dict) -> None:
-    from ..convert.wan_vae import load_wan_vae
+    from model.convert.wan_vae import load_wan_vae
 
     load_wan_vae(state, WanVAEConfig(), source="layout/wan22_vae.json", device="meta")
 
 
 def _audio_vae(state: dict) -> None:
-    from ..convert.mmaudio import load_audio_vae
+    from model.convert.mmaudio import load_audio_vae
 
     load_audio_vae(state, AudioVAEConfig(), source="layout/mmaudio_vae_16k.json", device="meta")
 
 
 def _vocoder(state: dict) -> None:
-    from ..convert.mmaudio import load_vocoder
+    from model.convert.mmaudio import load_vocoder
 
     load_vocoder(state, VocoderConfig(), source="layout/bigvgan_16k.json", device="meta")
 

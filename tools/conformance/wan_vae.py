@@ -11,9 +11,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..config import WanVAEConfig
-from ..convert.wan_vae import load_wan_vae
-from ..loading import read_checkpoint
+from model.config import WanVAEConfig
+from model.convert.wan_vae import load_wan_vae
+from model.loading import read_checkpoint
+
 from . import Check, compare, exact, load_case_json
 
 

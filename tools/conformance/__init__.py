@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD = 1e-4  # rel L2, fp32; ~100x above the measured fp32-vs-fp64 floor
 
-# folder name -> runner module (model/conformance/<module>.py)
+# folder name -> runner module (tools/conformance/<module>.py)
 CASES: dict[str, str] = {
     "fusion": "fusion",
     "sampler": "sampler",

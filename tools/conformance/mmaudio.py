@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..config import AudioVAEConfig, VocoderConfig
-from ..convert.mmaudio import VAE_PREFIX, load_audio_vae, load_vocoder, respell_weight_norm
-from ..loading import read_checkpoint
+from model.config import AudioVAEConfig, VocoderConfig
+from model.convert.mmaudio import VAE_PREFIX, load_audio_vae, load_vocoder, respell_weight_norm
+from model.loading import read_checkpoint
+
 from . import THRESHOLD, Check, compare, exact, load_case_json, rel_l2
 
 DTYPE = torch.float32

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..preprocess import (
+from model.preprocess import (
     area_mismatch,
     image_target_size,
     preprocess_image,
     snap_hw_to_multiple_of_32,
 )
-from ..presets import PRESETS
-from ..text import basic_clean, clean_text, format_prompt, whitespace_clean
+from model.presets import PRESETS
+from model.text import basic_clean, clean_text, format_prompt, whitespace_clean
+
 from . import Check, compare, exact, load_case_json
 
 LATENT_STRIDE = 16  # pixels per latent cell (Wan2.2 VAE)

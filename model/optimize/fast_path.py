@@ -1,4 +1,5 @@
-"""The fast path: transforms applied to a loaded `FusionModel` (and pipeline) after loading.
+"""The fast path: the transforms `resolve_fast_path` picks from `RuntimeOptions`, applied to
+a loaded `FusionModel` (and pipeline) after loading.
 
 Every transform keeps the outputs equal to float rounding (fp8 compute excepted: opt-in, with
 its error measured by `python -m bench`); `tests/model/test_optimize.py` checks each one on CPU in
@@ -17,19 +18,15 @@ float32 against the untransformed model, on the tiny preset and on the reference
 |                                  |                                                       | bench shows gain|
 | `vae_skip_upcasts`               | Wan VAE: no fp32 round trip in nearest upsampling     | on for bf16     |
 |                                  | (exact) and in the RMS norms (bf16 rounding)          |                 |
-| `BlockOffload`                   | layer weights in pinned host memory, streamed into    | opt-in          |
+| `BlockOffload` (`offload.py`)    | layer weights in pinned host memory, streamed into    | opt-in          |
 | (`FastPath.block_offload`)       | two device slots one layer ahead (side stream)        |                 |
-| `enable_fp8` (`FastPath.fp8`)    | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in, CUDA    |
-|                                  | per-tensor scales                                     |                 |
+| `enable_fp8` (`fp8.py`)          | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in, CUDA    |
+| (`FastPath.fp8`)                 | per-tensor scales                                     |                 |
 | `check_attention_backends`       | startup check of the CUDA SDPA backends (and FA3)     | CUDA on         |
 
 Order: fuse, then fp8 (it quantises the fused linears), then offload (it streams whatever
 parameters the blocks hold), then compile. `reference_style(model)` temporarily undoes the
 transforms for the benchmark's comparison path.
-
-The pipeline's `batch_cfg` / `block_offload` / `fp8_compute` keywords switch the matching
-`FastPath` fields on; where no fast path is on (CPU by default, or `fast_path=False`) they go on
-top of `PLAIN_PATH`, which transforms nothing else.
 """
 
 from __future__ import annotations
@@ -44,22 +41,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import attention as attn
-from .modules.fusion import FusableProjections, FusionModel, fusion_layer
+from ..modules import attention as attn
+from ..modules.fusion import FusableProjections, FusionModel, fusion_layer
+from ..options import RuntimeOptions
+from .fp8 import Fp8Linear, enable_fp8
+from .offload import enable_block_offload
 
 if TYPE_CHECKING:
-    from .pipeline import OviPipeline
+    from ..pipeline import OviPipeline
 
 logger = logging.getLogger(__name__)
-
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-SCALED_MM_ALIGN = 16  # torch._scaled_mm wants every GEMM dimension a multiple of 16 on CUDA
 
 
 @dataclass(frozen=True)
 class FastPath:
-    """Which transforms `optimize_fusion` / `optimize_pipeline` apply (see the module table)."""
+    """The resolved plan: which transforms `optimize_fusion` / `optimize_pipeline` apply (see
+    the module table). Users set `RuntimeOptions`; benchmarks may build one directly."""
 
     fuse_projections: bool = True
     compile: bool | None = None  # None: on when the model is on CUDA
@@ -72,35 +69,35 @@ class FastPath:
     check_attention: bool = True
 
 
-# No transform: the base that the pipeline's memory/batching keywords go on when the fast path
-# is off (e.g. on CPU, where the plain float32 path is the one conformance checks).
+# No transform: the base that the memory/batching options go on when the fast path is off
+# (e.g. on CPU, where the plain float32 path is the one conformance checks).
 PLAIN_PATH = FastPath(
     fuse_projections=False, compile=False, vae_skip_upcasts=False, check_attention=False
 )
 
 
-def resolve_fast_path(
-    fast_path: bool | FastPath | None,
-    device: torch.device | str,
-    *,
-    batch_cfg: bool = False,
-    block_offload: bool = False,
-    fp8_compute: bool = False,
-) -> FastPath | None:
-    """None: the fast path on CUDA, none on CPU (CPU stays the plain path conformance checks).
+def resolve_fast_path(runtime: RuntimeOptions, device: torch.device | str) -> FastPath | None:
+    """The plan for `runtime` on `device`; None is the plain path (no transform).
 
-    `batch_cfg`, `block_offload`, `fp8_compute`: switch those on, on top of the resolved config
-    (or of `PLAIN_PATH` where it is None). fp8 compute on a non-CUDA device is a ValueError.
-    """
+    `runtime.fast_path` None: on for CUDA, off on CPU (CPU stays the path conformance checks).
+    `compile`, `batch_cfg`, `block_offload`, `fp8_compute` go on top of the resolved plan (or of
+    `PLAIN_PATH` where it is None). fp8 compute on a non-CUDA device is a ValueError."""
     device = torch.device(device)
-    if isinstance(fast_path, FastPath):
-        config: FastPath | None = fast_path
-    else:
-        on = device.type == "cuda" if fast_path is None else fast_path
-        config = FastPath() if on else None
-    modes = {"batch_cfg": batch_cfg, "block_offload": block_offload, "fp8": fp8_compute}
-    if any(modes.values()):
-        config = replace(config or PLAIN_PATH, **{k: True for k, v in modes.items() if v})
+    on = device.type == "cuda" if runtime.fast_path is None else runtime.fast_path
+    config = FastPath() if on else None
+    modes: dict[str, bool] = {
+        k: True
+        for k, v in (
+            ("batch_cfg", runtime.batch_cfg),
+            ("block_offload", runtime.block_offload),
+            ("fp8", runtime.fp8_compute),
+        )
+        if v
+    }
+    if runtime.compile is not None:
+        modes["compile"] = runtime.compile
+    if modes:
+        config = replace(config or PLAIN_PATH, **modes)
     if config is not None and config.fp8 and device.type != "cuda":
         raise ValueError(
             f"fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is {device}"
@@ -195,250 +192,7 @@ def reference_style(model: FusionModel) -> Iterator[FusionModel]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. fp8 compute (opt-in)
-# ---------------------------------------------------------------------------------------------
-
-
-def _fp8_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-tensor scale, float32 0-dim, on x's device (no host sync): amax / 448."""
-    return (x.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
-
-
-def _to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # in x's dtype (a 0-dim fp32 scale does not promote): a bf16 activation gets no fp32 copy,
-    # which would be 3.4 GB for the FFN's hidden rows at 704x704x121 (bench/memory.py)
-    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
-class Fp8Linear(nn.Module):
-    """`nn.Linear` computed as float8 e4m3 x float8 e4m3 -> compute dtype (`torch._scaled_mm`).
-
-    Weight: quantised once with a per-tensor scale. Activations: quantised per call with a
-    per-tensor scale computed on the device. The bias is added in the GEMM epilogue.
-    `original` keeps the bf16 module when asked (`disable_fp8` restores it).
-    """
-
-    def __init__(self, linear: nn.Linear, keep_original: bool = False) -> None:
-        super().__init__()
-        weight = linear.weight.detach()  # [out, in]
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.out_dtype = weight.dtype
-        scale = _fp8_scale(weight)
-        self.weight = nn.Parameter(_to_fp8(weight, scale), requires_grad=False)
-        self.register_buffer("weight_scale", scale, persistent=False)
-        bias = linear.bias.detach() if linear.bias is not None else None
-        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
-        self.original = [linear] if keep_original else []  # a list: not a registered submodule
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., in] -> [..., out] in the compute dtype."""
-        rows = x.reshape(-1, self.in_features)  # [M, in]
-        m = rows.shape[0]
-        pad = -m % SCALED_MM_ALIGN
-        if pad:
-            rows = F.pad(rows, (0, 0, 0, pad))  # zero rows: no effect on the scale
-        scale = _fp8_scale(rows)
-        out = torch._scaled_mm(
-            _to_fp8(rows, scale),
-            self.weight.t(),  # [in, out], column-major as _scaled_mm wants
-            scale_a=scale,
-            scale_b=self.weight_scale,
-            bias=self.bias,
-            out_dtype=self.out_dtype,
-        )
-        return out[:m].reshape(*x.shape[:-1], self.out_features)
-
-
-def _block_linears(model: FusionModel) -> Iterator[tuple[nn.Module, str, nn.Module]]:
-    for tower in (model.video_model, model.audio_model):
-        for block in tower.blocks:
-            for parent in block.modules():
-                for name, child in parent.named_children():
-                    if isinstance(child, nn.Linear | Fp8Linear):
-                        yield parent, name, child
-
-
-def enable_fp8(model: FusionModel, keep_original: bool = False) -> FusionModel:
-    """Every linear inside the blocks (attention, fusion, FFN) -> `Fp8Linear`. Embeddings, time
-    MLPs and heads stay in the compute dtype. Halves the block weight memory unless
-    `keep_original` (which keeps the bf16 modules for `disable_fp8`)."""
-    for parent, name, child in list(_block_linears(model)):
-        if isinstance(child, nn.Linear):
-            setattr(parent, name, Fp8Linear(child, keep_original))
-    return model
-
-
-def disable_fp8(model: FusionModel) -> FusionModel:
-    for parent, name, child in list(_block_linears(model)):
-        if isinstance(child, Fp8Linear):
-            if not child.original:
-                raise ValueError("fp8 was enabled without keep_original: reload the weights")
-            setattr(parent, name, child.original[0])
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Block-level offload with prefetch
-# ---------------------------------------------------------------------------------------------
-
-_ALIGN_BYTES = 256
-
-
-def _layout(params: list[nn.Parameter]) -> tuple[list[int], int]:
-    """Byte offsets of each parameter in one flat buffer (256-byte aligned), and its size."""
-    offsets, size = [], 0
-    for p in params:
-        offsets.append(size)
-        size += -(-p.numel() * p.element_size() // _ALIGN_BYTES) * _ALIGN_BYTES
-    return offsets, size
-
-
-def _views(
-    flat: torch.Tensor, params: list[nn.Parameter], offsets: list[int]
-) -> list[torch.Tensor]:
-    """Views of a flat uint8 buffer shaped and typed like `params`."""
-    return [
-        flat[o : o + p.numel() * p.element_size()].view(p.dtype).view(p.shape)
-        for p, o in zip(params, offsets, strict=True)
-    ]
-
-
-class BlockOffload:
-    """Keep the fusion layers' weights in host memory and stream them to the device per layer.
-
-    Each layer (video block i + audio block i) lives in one flat host buffer (pinned on CUDA),
-    and two flat device slots hold the layer computing now and the next one: while layer i
-    computes on the current stream, a side stream copies layer i+1 into the other slot. After
-    layer i the parameters point back at the host copy, so `state_dict()` between forwards
-    reads valid (host) tensors. Everything outside the blocks (embeddings, heads) moves to the
-    device. On a CPU "device" there is no side stream: the copies are plain synchronous ones,
-    so the bookkeeping can be tested there for exact equality.
-
-    Device memory for the weights: the non-block weights plus two layers (full Ovi, bf16:
-    ~1.5 GB + 2 x ~0.73 GB) instead of ~23 GB.
-    """
-
-    def __init__(self, model: FusionModel, device: torch.device | str) -> None:
-        self.model = model
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        pairs = zip(model.video_model.blocks, model.audio_model.blocks, strict=True)
-        self.params = [list(vb.parameters()) + list(ab.parameters()) for vb, ab in pairs]
-        signature = [(p.shape, p.dtype) for p in self.params[0]]
-        if any([(p.shape, p.dtype) for p in ps] != signature for ps in self.params):
-            raise ValueError("block offload needs every layer to hold the same parameter layout")
-        self.offsets, self.layer_bytes = _layout(self.params[0])
-        block_ids = {id(p) for ps in self.params for p in ps}
-        # 1. everything outside the blocks (and all buffers, e.g. fp8 scales) to the device
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                if id(p) not in block_ids:
-                    p.data = p.data.to(self.device)
-            for name, buf in module.named_buffers(recurse=False):
-                module._buffers[name] = buf.to(self.device)
-        # 2. layer weights -> flat host buffers (the device copies are freed as we go)
-        self.host_flat: list[torch.Tensor] = []
-        self.host: list[list[torch.Tensor]] = []
-        self.registered: list[bool] = []  # page-locked with cudaHostRegister (to unregister)
-        for ps in self.params:
-            flat, registered = torch.empty(self.layer_bytes, dtype=torch.uint8), False
-            if self.cuda:
-                flat, registered = _pin(flat)
-            views = _views(flat, ps, self.offsets)
-            for p, view in zip(ps, views, strict=True):
-                view.copy_(p.data)
-                p.data = view
-            self.host_flat.append(flat)
-            self.host.append(views)
-            self.registered.append(registered)
-        # 3. two device slots and the copy stream
-        self.slot_flat = [
-            torch.empty(self.layer_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)
-        ]
-        self.slots = [_views(flat, self.params[0], self.offsets) for flat in self.slot_flat]
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.order: list[int] = []
-        self.position: dict[int, int] = {}
-        self.ready: dict[int, torch.cuda.Event | None] = {}  # layer -> copy-done event
-        model.offload = self
-
-    # --- the LayerWeights protocol (called by FusionModel._forward) -------------------------
-
-    def begin(self, layers: list[int]) -> None:
-        self.order = list(layers)
-        self.position = {layer: k for k, layer in enumerate(self.order)}
-        self.ready = {}
-        if self.order:
-            self._copy(self.order[0])
-
-    def fetch(self, i: int) -> None:
-        if i not in self.ready:  # not prefetched (e.g. called out of order): copy now
-            self._copy(i)
-        event = self.ready.pop(i)
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
-        slot = self.slots[self.position[i] % 2]
-        for p, dev in zip(self.params[i], slot, strict=True):
-            p.data = dev
-        k = self.position[i] + 1
-        if k < len(self.order):  # prefetch the next layer into the other slot
-            self._copy(self.order[k])
-
-    def release(self, i: int) -> None:
-        for p, host in zip(self.params[i], self.host[i], strict=True):
-            p.data = host
-
-    # --- internals ------------------------------------------------------------------------
-
-    def _copy(self, i: int) -> None:
-        dst = self.slot_flat[self.position[i] % 2]
-        if self.stream is None:
-            dst.copy_(self.host_flat[i])
-            self.ready[i] = None
-            return
-        # the slot was last read by the layer two before; that compute is already queued
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            dst.copy_(self.host_flat[i], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        self.ready[i] = event
-
-    def disable(self) -> FusionModel:
-        """Put every layer's weights back on the device (needs the memory) and detach."""
-        if self.stream is not None:
-            self.stream.synchronize()
-        for ps, hosts in zip(self.params, self.host, strict=True):
-            for p, host in zip(ps, hosts, strict=True):
-                p.data = host.to(self.device, copy=True)
-        for flat, registered in zip(self.host_flat, self.registered, strict=True):
-            if registered:
-                torch.cuda.cudart().cudaHostUnregister(flat.data_ptr())
-        self.host_flat, self.host, self.slot_flat, self.slots = [], [], [], []
-        self.model.offload = None
-        return self.model
-
-
-def _pin(flat: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Page-lock a host buffer in place with cudaHostRegister (no power-of-two rounding, unlike
-    the caching pinned allocator), else fall back to a pinned copy. -> (buffer, registered)."""
-    try:
-        if int(torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), flat.numel(), 0)) == 0:
-            return flat, True
-    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the build
-        pass
-    return flat.pin_memory(), False  # pragma: no cover
-
-
-def enable_block_offload(model: FusionModel, device: torch.device | str) -> BlockOffload:
-    """Stream the layers' weights from host memory (see `BlockOffload`); `.disable()` undoes."""
-    if model.offload is not None:
-        raise ValueError("block offload is already enabled on this model")
-    return BlockOffload(model, device)
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. Video VAE without fp32 round trips
+# 4. Video VAE without fp32 round trips
 # ---------------------------------------------------------------------------------------------
 
 
@@ -496,7 +250,7 @@ def vae_skip_upcasts(video_vae: nn.Module, enable: bool = True) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Attention startup check
+# 5. Attention startup check
 # ---------------------------------------------------------------------------------------------
 
 _ATTENTION_TOLERANCE = 2e-2  # bf16 attention vs a float64 reference lands near 4e-3
@@ -591,7 +345,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Entry points
+# 6. Entry points
 # ---------------------------------------------------------------------------------------------
 
 
@@ -617,11 +371,8 @@ def optimize_fusion(
     return model
 
 
-def optimize_pipeline(
-    pipe: OviPipeline, fast_path: bool | FastPath | None = None
-) -> FastPath | None:
-    """Apply the fast path to a built pipeline; returns the resolved config (None: plain path)."""
-    config = resolve_fast_path(fast_path, pipe.device)
+def optimize_pipeline(pipe: OviPipeline, config: FastPath | None) -> FastPath | None:
+    """Apply a plan to a built pipeline; returns it with `compile` decided (None: plain path)."""
     if config is None:
         return None
     if config.compile is None:

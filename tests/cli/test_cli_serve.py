@@ -1,4 +1,4 @@
-"""server/serve_cli.py: `ovi serve` / `ovi worker` flags -> settings -> uvicorn."""
+"""cli/serve.py and cli/worker.py: `ovi serve` / `ovi worker` flags -> settings -> uvicorn."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from server.serve_cli import add_serve_commands, cmd_serve, settings_from_args
+from cli import serve, worker
+from cli.serve import settings_from_args
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ovi")
-    add_serve_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve.register(sub)
+    worker.register(sub)
     return parser.parse_args(list(argv))
 
 
@@ -47,15 +50,15 @@ def test_serve_refuses_open_bind_without_keys(
 ) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(kw))
-    monkeypatch.setattr("server.serve_cli.check_weights", lambda settings: None)  # no files here
+    monkeypatch.setattr("cli.serve.check_weights", lambda settings: None)  # no files here
     with pytest.raises(ValueError, match="without API keys"):
-        cmd_serve(parse("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)))
+        serve.run(parse("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)))
     assert calls == []
-    cmd_serve(
+    serve.run(
         parse("serve", "--host", "0.0.0.0", "--allow-unauthenticated", "--data-dir", str(tmp_path))
     )
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cmd_serve(
+    serve.run(
         parse(
             "serve",
             "--port",
@@ -75,11 +78,11 @@ def test_serve_refuses_open_bind_without_keys(
 
 def test_worker_command_is_registered() -> None:
     args = parse("worker", "--preset", "tiny", "--data-dir", "d")
-    assert args.func.__name__ == "cmd_worker"
+    assert args.func is worker.run
 
 
 def test_serve_refuses_to_start_without_weight_files(tmp_path, capsys) -> None:
-    from server.cli import main
+    from cli.main import main
 
     code = main(["serve", "--data-dir", str(tmp_path / "data"), "--weights-dir", str(tmp_path)])
     assert code == 2
@@ -95,3 +98,39 @@ def test_memory_mode_flags_become_settings() -> None:
     )  # fmt: skip
     s = settings_from_args(args)
     assert s.block_offload and s.fp8_compute and s.batch_cfg
+
+
+def test_runtime_flags_are_generated_for_every_option() -> None:
+    """A `RuntimeOptions` field is a flag of `serve` and `worker` and a setting, with no edit."""
+    import dataclasses
+
+    from model.options import RuntimeOptions
+
+    args = parse("serve", "--preset", "tiny", "--no-compile", "--dtype", "float16")
+    s = settings_from_args(args)
+    assert s.runtime == RuntimeOptions(compile=False, dtype="float16")
+    for f in dataclasses.fields(RuntimeOptions):
+        assert f.name in vars(parse("worker")), f.name
+
+
+def test_runtime_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVI_OFFLOAD_TEXT_ENCODER", "true")
+    monkeypatch.setenv("OVI_FAST_PATH", "false")
+    s = settings_from_args(parse("worker", "--preset", "tiny"))
+    assert s.runtime.offload_text_encoder and s.runtime.fast_path is False
+    s = settings_from_args(parse("worker", "--preset", "tiny", "--fast-path"))
+    assert s.runtime.fast_path is True  # the flag beats the environment
+
+
+def test_fp8_compute_on_cpu_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    assert main(["worker", "--preset", "tiny", "--device", "cpu", "--fp8-compute"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "fp8 compute needs a CUDA GPU" in err
+
+
+def test_store_and_storage_urls_are_flags(tmp_path: Path) -> None:
+    store, files = f"sqlite:///{tmp_path}/q.sqlite3", f"file://{tmp_path}/shared"
+    s = settings_from_args(parse("worker", "--job-store", store, "--storage", files))
+    assert (s.job_store, s.storage) == (store, files)

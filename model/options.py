@@ -1,0 +1,128 @@
+"""RuntimeOptions: how a pipeline runs (placement, memory modes, precision, the fast path).
+
+One frozen dataclass holds every runtime knob, spelled once. The `ovi` CLI's model flags
+(`cli/flags.py`) and the server's settings (`server/settings.py`, flags > `OVI_*` env > TOML) are
+generated from its fields, so a new knob is one field here plus the code that acts on it:
+
+    blur: bool = option(False, "blur every frame")   # -> --blur, OVI_BLUR, `blur = true`
+
+What a clip looks like (steps, guidance, seed, size) is per request: `model/sampling.py`.
+Which weights are loaded is the `ModelSource` below, given to `load_pipeline`
+(`model/pipeline.py`). The architecture is `model/config.py`. Nothing here imports torch, so the
+server's API process can read these too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    negatable: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field with the text its CLI flag and setting show.
+
+    flag: the CLI spelling when it is not `--<name-with-dashes>`. negatable: a `bool | None`
+    whose `None` means "decide from the device" gets `--x/--no-x`. cli=False: no generated flag
+    (the CLI spells it another way, e.g. `--resolution HxW` for height and width)."""
+    metadata = {"help": help, "flag": flag, "negatable": negatable, "cli": cli}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights a pipeline loads: a real variant from `weights_dir`, or a random-weight
+    preset (`tiny`, `tiny_1s`) built in memory."""
+
+    name: str  # a variant or preset of `model/presets.py`
+    weights_dir: Path | None = None  # real variants; None: `model.weights.DEFAULT_WEIGHTS_DIR`
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Every runtime knob of `OviPipeline` (see the module docstring). The defaults are the
+    fastest exact setting on the device: bf16 with the fast path on CUDA, the plain float32 path
+    (the one conformance checks) on the CPU."""
+
+    # --- placement and precision ---
+    device: str | None = option(None, "torch device: cuda, cuda:1, cpu (default: cuda if present)")
+    dtype: Dtype | None = option(
+        None,
+        "compute dtype of the DiT, umT5 and Wan VAE (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    fp8: bool = option(
+        False,
+        "load the float8 fusion file (half the disk and host memory; "
+        "computed in bf16 unless --fp8-compute)",
+    )
+    fp8_compute: bool = option(
+        False,
+        "compute the DiT's block linears in float8 (torch._scaled_mm; CUDA only, approximate)",
+    )
+
+    # --- memory modes (README: memory table) ---
+    cpu_offload: bool = option(
+        False, "keep every component on the CPU; each visits the GPU while it runs"
+    )
+    offload_text_encoder: bool = option(
+        False, "keep only umT5 on the CPU, moved to the GPU for prompt encoding (40-48 GB GPUs)"
+    )
+    block_offload: bool = option(
+        False,
+        "stream the DiT's layers from pinned host memory one "
+        "layer ahead (24-32 GB GPUs); the other components use "
+        "--cpu-offload",
+    )
+
+    # --- the fast path (model/optimize) ---
+    fast_path: bool | None = option(
+        None,
+        "the exact fast-path transforms: fused projections, "
+        "compiled layers, VAE without upcasts (default: on for "
+        "CUDA, off on CPU)",
+        negatable=True,
+    )
+    compile: bool | None = option(
+        None,
+        "torch.compile the fusion layer (default: on with the fast path on CUDA)",
+        negatable=True,
+    )
+    batch_cfg: bool = option(False, "run both guidance passes as one batch of 2")
+
+    def __post_init__(self) -> None:
+        if self.fp8_compute and (self.device or "").startswith("cpu"):
+            raise ValueError(
+                "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"
+            )
+        if self.dtype is not None and self.dtype not in typing.get_args(Dtype):
+            raise ValueError(
+                f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}"
+            )
+
+    def replace(self, **changes: Any) -> RuntimeOptions:
+        """A copy with `changes`; `None` values are dropped (a flag that was not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_mapping(cls, values: typing.Mapping[str, Any]) -> RuntimeOptions:
+        """The options named in `values` (any object's fields: argparse, settings), others
+        default; `None` means "not given"."""
+        return cls().replace(**{f.name: values.get(f.name) for f in dataclasses.fields(cls)})
+
+
+def option_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) of a dataclass made with `option(...)` fields, in order: what the
+    CLI-flag and settings generators read."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]

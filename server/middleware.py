@@ -1,0 +1,128 @@
+"""The API's ASGI middleware: fal's `queue.` host at the root, a body-size cap, and CORS that
+admits fal's `x-fal-*` headers. `add_middleware(app, settings)` installs them in order."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import RequestTooLargeError, error_response
+from server.settings import ServerSettings
+
+# Paths that stay at the root on a `queue.` host (everything else gets the /queue prefix).
+_ROOT_PATHS = (
+    "/health",
+    "/files/",
+    "/files/upload",  # fal-client's CDN upload: POST {CDN}/files/upload
+    "/storage/",
+    "/docs",
+    "/redoc",
+    "/openapi",
+    "/api/",
+    "/.well",
+)
+
+
+class QueueHostMiddleware:
+    """Serve the queue API at the root for requests whose Host starts with `queue.`, like
+    queue.fal.run: `POST /fal-ai/ovi` there is `POST /queue/fal-ai/ovi` here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            path: str = scope["path"]
+            if (
+                host.lower().startswith("queue.")
+                and not path.startswith("/queue/")
+                and not path.startswith(_ROOT_PATHS)
+            ):
+                scope = dict(scope)
+                scope["path"] = "/queue" + path
+                scope["raw_path"] = b"/queue" + (scope.get("raw_path") or path.encode())
+                scope["ovi.queue_host"] = True
+        await self.app(scope, receive, send)
+
+
+# Largest JSON body: a 10 MiB data URI percent-encoded (up to 3x) plus the prompts. Bodies are
+# read before the API key is checked, so without a cap anyone could make us buffer gigabytes.
+MAX_JSON_BODY_BYTES = 32 * 1024 * 1024
+TOO_LARGE = f"Request body larger than {MAX_JSON_BODY_BYTES} bytes"
+# Upload routes stream their bodies against `upload_max_bytes` themselves.
+_UPLOAD_PATHS = ("/storage/upload/put/", "/files/upload")
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `MAX_JSON_BODY_BYTES` (declared or streamed), except uploads."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_JSON_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_UPLOAD_PATHS):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(RequestTooLargeError(TOO_LARGE))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # chunked: FastAPI re-raises HTTPException as is
+                    raise HTTPException(413, TOO_LARGE)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class FalCORSMiddleware(CORSMiddleware):
+    """CORS that also allows any `x-fal-*` request header (fal's clients add new ones)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        requested = request_headers.get("access-control-request-headers")
+        if not requested:
+            return super().preflight_response(request_headers)
+        names = [h.strip().lower() for h in requested.split(",") if h.strip()]
+        fal = [h for h in names if h.startswith("x-fal-")]
+        others = [h for h in names if not h.startswith("x-fal-")]
+        raw = [(k, v) for k, v in request_headers.raw if k != b"access-control-request-headers"]
+        if others:
+            raw.append((b"access-control-request-headers", ", ".join(others).encode()))
+        response = super().preflight_response(Headers(raw=raw))
+        if response.status_code == 200 and fal:
+            allowed = response.headers.get("access-control-allow-headers", "")
+            response.headers["Access-Control-Allow-Headers"] = ", ".join(
+                [h for h in (allowed, *fal) if h]
+            )
+        return response
+
+
+CORS_ALLOW_HEADERS = ["authorization", "content-type", "accept", "x-fal-target-url"]
+CORS_EXPOSE_HEADERS = ["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"]
+
+
+def add_middleware(app: FastAPI, settings: ServerSettings) -> None:
+    """Install the middleware, innermost first: the body cap inside CORS (so browsers can read
+    its 413), the queue-host rewrite outermost."""
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(
+        FalCORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"],
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+    )
+    app.add_middleware(QueueHostMiddleware)
