@@ -46,7 +46,7 @@ def add_option_flags(parser: argparse._ActionsContainer, cls: type) -> None:
             choices = typing.get_args(base)
             kwargs.update(choices=choices, type=type(choices[0]))
         elif base in (int, float, str):
-            kwargs["type"] = base
+            kwargs.update(type=base, metavar=flag.lstrip("-").replace("-", "_").upper())
         else:  # pragma: no cover - a new field type needs a rule here
             raise TypeError(f"no flag rule for {cls.__name__}.{f.name}: {tp}")
         parser.add_argument(flag, **kwargs)

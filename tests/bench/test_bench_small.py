@@ -1,7 +1,7 @@
 """`python -m bench --small`: the benchmark script runs on the CPU and writes every figure.
 
-One subprocess run (~21 s on 2 cores) of the same code the GPU run uses, at the tiny_1s
-preset's size. Figures that need a GPU (matmul peak, MFU, peak memory, host-sync counts) must be null
+One subprocess run (~21 s on 2 cores; `conftest.py` starts it in the background when collection
+ends) of the same code the GPU run uses, at the tiny_1s preset's size. Figures that need a GPU (matmul peak, MFU, peak memory, host-sync counts) must be null
 with a note; everything else must be a finite number.
 """
 
@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bench.memory import COMPONENTS
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ("704x704x121", "960x960x121", "960x960x241")
 PER_SHAPE = (
     "step_{}_ours_ms",
@@ -75,25 +70,9 @@ GPU_ONLY_SUFFIXES = ("_mfu", "_peak_mem_gib")
 GPU_ONLY = ("matmul_peak_tflops", "host_syncs_per_step_fusion", "host_syncs_per_step_scheduler")
 
 
-def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("bench") / "small.json"
-    proc = _run("--small", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "239.8 TFLOP reference-style" in proc.stdout  # the counter prints the issue's figure
-    return json.loads(out.read_text())
+@pytest.fixture()
+def result(bench_small: dict) -> dict:
+    return bench_small
 
 
 def test_every_figure_is_present(result):
