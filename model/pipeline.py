@@ -13,7 +13,8 @@ The recipe, exactly as the official release samples:
 Three objects configure it, each with its own lifetime: the `ModelSource` (which weights),
 `RuntimeOptions` (how it runs: `model/options.py`, fixed when loading) and `SamplingParams`
 (what one clip looks like: `model/sampling.py`, per call). `load_pipeline` is the one way the
-CLI, the server's worker and the benchmark build a pipeline.
+CLI and the server's worker build a pipeline (the benchmark assembles its own full-size random
+components with the same constructor).
 
 Seeds: the initial noise is drawn from a CPU `torch.Generator` seeded with `seed` (video noise
 first, then audio noise), in float32, whatever the compute device. The same seed and settings
@@ -166,6 +167,21 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _plan(
+    runtime: RuntimeOptions | None,
+    transforms: FastPath | None,
+    options: dict[str, Any],
+    default_device: torch.device | None = None,
+) -> tuple[RuntimeOptions, torch.device, FastPath | None]:
+    """`runtime` with the keyword `options` applied and its device decided (`default_device`, else
+    CUDA when present), the device, and the fast-path plan (`transforms`, else resolved)."""
+    runtime = (runtime or RuntimeOptions()).replace(**options)
+    device = torch.device(runtime.device or default_device or _default_device())
+    runtime = runtime.replace(device=str(device))
+    config = transforms if transforms is not None else resolve_fast_path(runtime, device)
+    return runtime, device, config
+
+
 def _compute_dtype(runtime: RuntimeOptions, device: torch.device) -> torch.dtype:
     """bf16 on GPU as the official release; fp32 on CPU (bf16 matmuls are slow there)."""
     if runtime.dtype is not None:
@@ -174,14 +190,14 @@ def _compute_dtype(runtime: RuntimeOptions, device: torch.device) -> torch.dtype
 
 
 # The five components, in load order (a random preset seeds them seed+0 .. seed+4):
-# role -> (OviConfig field, loader, random state, computes in the pipeline's dtype).
+# role (= its `OviConfig` field) -> (loader, random state, computes in the pipeline's dtype).
 # The audio path is small and stays fp32 (its weight-norm folds are fp32 anyway).
-_COMPONENTS: dict[str, tuple[str, Callable[..., nn.Module], Callable[..., dict], bool]] = {
-    "t5": ("t5", load_t5, random_t5_state, True),
-    "fusion": ("fusion", load_fusion, random_fusion_state, True),
-    "video_vae": ("video_vae", load_wan_vae, random_wan_vae_state, True),
-    "audio_vae": ("audio_vae", load_audio_vae, random_audio_vae_state, False),
-    "vocoder": ("vocoder", load_vocoder, random_vocoder_state, False),
+_COMPONENTS: dict[str, tuple[Callable[..., nn.Module], Callable[..., dict], bool]] = {
+    "t5": (load_t5, random_t5_state, True),
+    "fusion": (load_fusion, random_fusion_state, True),
+    "video_vae": (load_wan_vae, random_wan_vae_state, True),
+    "audio_vae": (load_audio_vae, random_audio_vae_state, False),
+    "vocoder": (load_vocoder, random_vocoder_state, False),
 }
 
 
@@ -206,16 +222,15 @@ class OviPipeline:
         (`model/options.py`). The fast path is resolved once here from them
         (`optimize.fast_path.resolve_fast_path`); `transforms` replaces that resolution with an
         explicit plan (benchmarks, tests)."""
-        self.runtime = runtime = (runtime or RuntimeOptions()).replace(**options)
+        runtime, self.device, config = _plan(runtime, transforms, options)
+        self.runtime = runtime
         self.preset = preset
         self.text_encoder = text_encoder
         self.fusion = fusion
         self.video_vae = video_vae
         self.audio_vae = audio_vae
         self.vocoder = vocoder
-        self.device = torch.device(runtime.device) if runtime.device else _default_device()
         self.dtype = _compute_dtype(runtime, self.device)
-        config = transforms if transforms is not None else resolve_fast_path(runtime, self.device)
         # block offload: the DiT stays on the host (BlockOffload places it), the rest offloads
         self.cpu_offload = runtime.cpu_offload or (config is not None and config.block_offload)
         components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
@@ -254,9 +269,7 @@ class OviPipeline:
         preset = get_preset(variant)
         if preset.random_weights:
             raise ValueError(f"preset {variant!r} has random weights: use OviPipeline.from_preset")
-        runtime = (runtime or RuntimeOptions()).replace(**options)
-        device = torch.device(runtime.device) if runtime.device else _default_device()
-        config = transforms if transforms is not None else resolve_fast_path(runtime, device)
+        runtime, device, config = _plan(runtime, transforms, options)
         files = resolve_files(weights_dir, variant, fp8=runtime.fp8)
         logger.info("loading %s from %s", variant, weights_dir)
         parts = cls._load_components(
@@ -268,7 +281,7 @@ class OviPipeline:
             source=lambda role: str(files[role]),
             tokenizer_dir=files["tokenizer"],
         )
-        return cls(preset, *parts, runtime=runtime.replace(device=str(device)), transforms=config)
+        return cls(preset, *parts, runtime=runtime, transforms=config)
 
     @classmethod
     def from_preset(
@@ -288,10 +301,7 @@ class OviPipeline:
             raise ValueError(
                 f"preset {name!r} needs its weight files: use OviPipeline.from_pretrained(weights_dir, variant={name!r})"
             )
-        runtime = (runtime or RuntimeOptions()).replace(**options)
-        runtime = runtime.replace(device=runtime.device or "cpu")
-        device = torch.device(runtime.device)
-        config = transforms if transforms is not None else resolve_fast_path(runtime, device)
+        runtime, device, config = _plan(runtime, transforms, options, torch.device("cpu"))
         seeds = {role: seed + i for i, role in enumerate(_COMPONENTS)}
         with tempfile.TemporaryDirectory(prefix="ovi-tiny-tokenizer-") as tokenizer_dir:
             build_tiny_tokenizer(Path(tokenizer_dir), preset.config.t5.vocab)  # loaded eagerly
@@ -300,9 +310,7 @@ class OviPipeline:
                 runtime,
                 device,
                 host=False,
-                state=lambda role: _COMPONENTS[role][2](
-                    getattr(preset.config, _COMPONENTS[role][0]), seeds[role]
-                ),
+                state=lambda role: _COMPONENTS[role][1](getattr(preset.config, role), seeds[role]),
                 source=lambda role: "random",
                 tokenizer_dir=Path(tokenizer_dir),
             )
@@ -323,10 +331,10 @@ class OviPipeline:
         loaded strictly from `state(role)`; into host memory where it will be offloaded."""
         dtype = _compute_dtype(runtime, device)
         parts = []
-        for role, (cfg_name, load, _, in_dtype) in _COMPONENTS.items():
+        for role, (load, _, in_dtype) in _COMPONENTS.items():
             on_host = host or (role == "t5" and runtime.offload_text_encoder)
             kwargs: dict[str, Any] = {"dtype": dtype} if in_dtype else {}
-            cfg = getattr(preset.config, cfg_name)
+            cfg = getattr(preset.config, role)
             module = load(
                 state(role),
                 cfg,
@@ -503,7 +511,7 @@ def load_pipeline(
 ) -> OviPipeline:
     """The pipeline for `source` (a `ModelSource`, or a variant or preset name) with `runtime`;
     `device` overrides `runtime.device` (the server gives each worker its own GPU). The one
-    loader of the CLI, the server's workers and the benchmark."""
+    loader of the CLI and the server's workers."""
     if isinstance(source, str):
         source = ModelSource(source)
     runtime = (runtime or RuntimeOptions()).replace(device=device)

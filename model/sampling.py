@@ -61,10 +61,9 @@ class SamplingParams:
 
     def check(self, num_layers: int) -> None:
         """Raise ValueError naming the first bad value (`num_layers`: the DiT's depth)."""
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
+        steps = self.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if not self.shift > 0:

@@ -267,7 +267,7 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     @property
     def runtime(self) -> RuntimeOptions:
-        return RuntimeOptions.from_mapping({n: getattr(self, n) for n in _runtime_fields()})
+        return RuntimeOptions.from_mapping(self.__dict__)  # the generated fields, by name
 
     def is_loopback_host(self) -> bool:
         return is_loopback_host(self.host)

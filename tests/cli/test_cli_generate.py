@@ -91,7 +91,7 @@ def test_model_and_sampling_flags_reach_the_pipeline(monkeypatch, tmp_path):
     from cli.clips import load
     from cli.flags import sampling_overrides
     from cli.main import build_parser
-    from model.options import ModelSource, RuntimeOptions
+    from model.options import RuntimeOptions
     from model.pipeline import OviPipeline
 
     seen = {}
@@ -119,7 +119,7 @@ def test_model_and_sampling_flags_reach_the_pipeline(monkeypatch, tmp_path):
     args = parser.parse_args(["batch", "p.csv", "--out-dir", "o", "--offload-text-encoder"])
     load(args)
     assert seen["pretrained"][1]["runtime"] == RuntimeOptions(offload_text_encoder=True)
-    assert seen["pretrained"][0][1] == ModelSource("720x720_5s").name
+    assert seen["pretrained"][0][1] == "720x720_5s"  # the default variant
     argv = ["generate", *base, "--steps", "7", "--video-guidance", "5", "--slg-layer", "-1"]
     overrides = sampling_overrides(parser.parse_args([*argv, "--resolution", "480x640"]))
     assert overrides == dict(steps=7, video_guidance_scale=5.0, slg_layer=-1, height=480, width=640)
