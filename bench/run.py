@@ -14,11 +14,16 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
+import importlib
 import json
 import logging
+import os
+import signal
 import statistics
 import sys
+import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -35,6 +40,7 @@ from model.pipeline import OviPipeline
 from model.presets import get_preset
 from model.schedulers import make_scheduler
 
+from . import sections
 from .build import build_audio, build_text_encoder, build_video_vaes, random_fusion
 from .flops import Shape, forward_flops, step_flops
 from .memory import estimate_memory
@@ -58,7 +64,6 @@ PROMPTS = (
     "jitter, bad hands, blur, distortion",
     "robotic, muffled, echo, distorted",
 )
-SECTIONS = ("matmul", "dit", "variants", "t5", "vae", "audio", "pipeline", "memory")
 PIPELINE_STEPS = (50, 30)
 ESTIMATE_NOTE = (
     "estimate at full size on the meta device: live tensor bytes, attention as a flash kernel;"
@@ -122,13 +127,8 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "vae_decode_tiled_pixel_err_max",
     ),
     "audio": ("audio_decode_ms",),
-    "pipeline": (
-        "pipeline_50_steps_s",
-        "pipeline_30_steps_s",
-        "pipeline_50_steps_composed_s",
-        "pipeline_30_steps_composed_s",
-        "pipeline_peak_mem_gib",
-    ),
+    "totals": ("pipeline_50_steps_composed_s", "pipeline_30_steps_composed_s"),
+    "pipeline": ("pipeline_50_steps_s", "pipeline_30_steps_s", "pipeline_peak_mem_gib"),
     "memory": (  # estimates at full size on the meta device (bench/memory.py), any machine
         "est_weights_fusion_gib",
         "est_weights_fusion_fp8_gib",
@@ -152,17 +152,40 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 FLOP_KEYS = tuple(k for label in LABELS for k in _shape_keys(label)[:2])  # analytical, always
-FIGURE_KEYS: tuple[str, ...] = (
-    SECTION_KEYS["matmul"]
-    + FLOP_KEYS
-    + SECTION_KEYS["dit"]
-    + VARIANT_KEYS
-    + SECTION_KEYS["t5"]
-    + SECTION_KEYS["vae"]
-    + SECTION_KEYS["audio"]
-    + SECTION_KEYS["pipeline"]
-    + SECTION_KEYS["memory"]
-)
+SECTION_KEYS["profile"] = ()  # a kernel table beside the JSON (`<out>.kernels.txt`), extra
+# The built-in sections in the default plan's order (`--plan full`); see `register_builtins`.
+BUILTIN_SECTIONS = (
+    "matmul", "dit", "profile", "variants", "t5", "vae", "audio", "totals", "pipeline", "memory"
+)  # fmt: skip
+# Plans: (sections in order of value, shapes). `lease` is the one GPU command of at most 8
+# minutes (bench/gpu-lease.sh); `lease-960` the second one, for the 960x960 shapes.
+PLANS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "full": (BUILTIN_SECTIONS, LABELS),
+    "lease": (
+        (
+            "matmul",
+            "dit",
+            "vae",
+            "t5",
+            "audio",
+            "totals",
+            "memory",
+            "profile",
+            "variants",
+            "pipeline",
+        ),
+        (MAIN,),
+    ),  # fmt: skip
+    "lease-960": (("matmul", "dit", "profile"), ("960x960x121", "960x960x241")),
+}
+
+
+def figure_keys() -> tuple[str, ...]:
+    """Every figure key: the analytical FLOP counts, then each registered section's keys."""
+    keys = [*FLOP_KEYS]
+    for sec in sections.registered().values():
+        keys += [k for k in sec.keys if k not in keys]
+    return tuple(keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +364,10 @@ class Bench:
         runs = args.runs or (1 if self.small else 5)
         self.clock = Clock(self.device, runs=runs, warmup=0 if self.small else 1)
         self.compile_backend = args.compile_backend or ("eager" if self.small else "inductor")
-        self.figures: dict[str, float | int | None] = dict.fromkeys(FIGURE_KEYS)
+        self.keys = figure_keys()
+        self.figures: dict[str, float | int | None] = dict.fromkeys(self.keys)
+        self.out: Path | None = args.out
+        self.status: dict[str, dict[str, Any]] = {}  # per section: status, wall_s, error/reason
         self.notes: dict[str, str] = {}
         self.extra: dict[str, Any] = {}
         self.fusion: FusionModel | None = None
@@ -655,7 +681,7 @@ class Bench:
         needed = ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder")
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
-            keys = [k for k in FIGURE_KEYS if k.startswith("pipeline_")]
+            keys = list(SECTION_KEYS["pipeline"])
             self.note(keys, f"needs the sections that build {', '.join(missing)}")
             return
         pipe = OviPipeline(
@@ -679,26 +705,85 @@ class Bench:
                 self.clock.sync()
                 f[f"pipeline_{steps}_steps_s"] = time.perf_counter() - t0
                 self.extra[f"pipeline_{steps}_steps_timings_s"] = out.timings
-        parts = ("t5_3_prompts_ms", f"step_{MAIN}_ours_ms", "vae_decode_ms", "audio_decode_ms")
-        if all(f[k] is not None for k in parts):
-            for steps in PIPELINE_STEPS:
-                f[f"pipeline_{steps}_steps_composed_s"] = (
-                    f["t5_3_prompts_ms"]
-                    + steps * f[f"step_{MAIN}_ours_ms"]
-                    + f["vae_decode_ms"]
-                    + f["audio_decode_ms"]
-                ) / 1e3
         for steps in PIPELINE_STEPS:
-            self.note(
-                f"pipeline_{steps}_steps_composed_s",
-                "composed from measured parts: T5 + steps x one step (both passes) + VAE decode"
-                " + audio decode; excludes scheduler steps and host overhead",
-            )
             self.note(f"pipeline_{steps}_steps_s", "measured end to end, one run, wall clock")
         self.say(
             "pipeline "
             + ", ".join(f"{s} steps {f[f'pipeline_{s}_steps_s']:.2f} s" for s in PIPELINE_STEPS)
         )
+
+    def run_totals(self) -> None:
+        """The 50- and 30-step totals composed from the measured parts (cheap: no GPU work)."""
+        f = self.figures
+        parts = ("t5_3_prompts_ms", f"step_{MAIN}_ours_ms", "vae_decode_ms", "audio_decode_ms")
+        missing = [k for k in parts if f[k] is None]
+        keys = [f"pipeline_{steps}_steps_composed_s" for steps in PIPELINE_STEPS]
+        if missing:
+            self.note(keys, f"needs the measured parts {', '.join(missing)}")
+            return
+        for steps, key in zip(PIPELINE_STEPS, keys, strict=True):
+            f[key] = (
+                f["t5_3_prompts_ms"]
+                + steps * f[f"step_{MAIN}_ours_ms"]
+                + f["vae_decode_ms"]
+                + f["audio_decode_ms"]
+            ) / 1e3
+            self.note(
+                key,
+                "composed from measured parts: T5 + steps x one step (both passes) + VAE decode"
+                " + audio decode; excludes scheduler steps and host overhead",
+            )
+        self.say(
+            "composed totals: "
+            + ", ".join(
+                f"{s} steps {f[k]:.2f} s" for s, k in zip(PIPELINE_STEPS, keys, strict=True)
+            )
+        )
+
+    def run_profile(self) -> None:
+        """One step under torch.profiler: the top 20 kernels by self time, saved beside the JSON
+        (`<out stem>.kernels.txt`) and under extra.profile_top20."""
+        from torch.profiler import ProfilerActivity, profile
+
+        labels = [label for label in LABELS if label in self.args.shapes]
+        if self.fusion is None or not labels:
+            raise RuntimeError("the profile needs the dit section (the model and a shape)")
+        label = labels[0]
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self.step(label)  # compiled and warm
+        self.clock.sync()
+        with profile(activities=activities) as prof:
+            self.step(label)
+            self.clock.sync()
+        events = prof.key_averages()
+        attr = "self_cpu_time_total"
+        if self.cuda:
+            attr = next(
+                (a for a in ("self_device_time_total", "self_cuda_time_total") if hasattr(
+                    events[0], a)),
+                attr,
+            )  # fmt: skip
+        top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:20]
+        total = sum(getattr(e, attr) for e in events) or 1.0
+        self.extra["profile_top20"] = {
+            "shape": label,
+            "sorted_by": attr,
+            "kernels": [
+                {
+                    "name": e.key[:160],
+                    "calls": e.count,
+                    "self_ms": getattr(e, attr) / 1e3,
+                    "share": getattr(e, attr) / total,
+                }
+                for e in top
+            ],
+        }
+        table = events.table(sort_by=attr, row_limit=20, max_name_column_width=80)
+        if self.out is not None:
+            path = self.out.with_name(self.out.stem + ".kernels.txt")
+            path.write_text(f"one step at {label} ({self.shapes[label].label} run)\n{table}\n")
+            self.extra["profile_table"] = str(path)
+        self.say(f"profile: top kernel {top[0].key[:80]} ({getattr(top[0], attr) / 1e3:.1f} ms)")
 
     def run_memory(self) -> None:
         """Full-size estimates on the meta device, whatever the machine and --small."""
@@ -722,27 +807,101 @@ class Bench:
     # --- driver -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        sections = self.args.sections
-        t0 = time.perf_counter()
+        """Run the selected sections in order; every section's exception is caught and recorded,
+        the JSON at `--out` is rewritten after each, and once `--budget-s` seconds have passed
+        the section running is interrupted and no other starts (`BudgetExpired`)."""
+        registry = sections.registered()
+        selected = self.args.sections
+        budget = self.args.budget_s
+        self.t0 = time.perf_counter()
+        for name in registry:
+            if name not in selected:
+                self.status[name] = {"status": "not run", "reason": "not selected (--sections)"}
+        for name in selected:
+            self.status[name] = {"status": "not run", "reason": "not reached yet"}
         self.run_flops()
-        for name in SECTIONS:
-            if name in sections:
-                start = time.perf_counter()
-                getattr(self, f"run_{name}")()
-                self.extra.setdefault("section_wall_s", {})[name] = time.perf_counter() - start
-            else:
-                self.note(list(SECTION_KEYS[name]), "section not run (--sections)")
-        self.extra["wall_s"] = time.perf_counter() - t0
+        self.write()
+        stopped = ""
+        with _budget_alarm(budget, self.t0), _stop_signals():
+            try:
+                for name in selected:
+                    used = time.perf_counter() - self.t0
+                    if budget is not None and used >= budget:
+                        stopped = f"budget of {budget:g} s used up ({used:.1f} s)"
+                        break
+                    self._run_section(registry[name])
+                    self.write()
+            except Stop as stop:  # budget expired or the process was asked to stop
+                stopped = str(stop)
+        for name in selected:
+            if self.status[name].get("reason") == "not reached yet":
+                self.status[name] = {"status": "not run", "reason": stopped or "not reached"}
+        self.write()
+        return self.result()
+
+    def _run_section(self, sec: sections.Section) -> None:
+        start = time.perf_counter()
+        self.say(f"== section {sec.name} ==")
+        state: dict[str, Any] = {"status": "running"}
+        self.status[sec.name] = state
+        try:
+            sec.run(self)
+            state["status"] = "ok"
+        except Stop as stop:
+            state.update(status="interrupted", error=str(stop))
+            self._section_failed(sec, f"section interrupted: {stop}")
+            self.say(f"section {sec.name} interrupted: {stop}")
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure is recorded; the next section runs
+            text = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+            state.update(status="failed", error=text)
+            state["traceback"] = traceback.format_exc(limit=8)[-4000:]
+            self._section_failed(sec, f"section failed: {text}")
+            self.say(f"section {sec.name} failed: {text}")
+        finally:
+            state["wall_s"] = time.perf_counter() - start
+            self.extra.setdefault("section_wall_s", {})[sec.name] = state["wall_s"]
+            self.free()
+
+    def _section_failed(self, sec: sections.Section, text: str) -> None:
+        for key in sec.keys:
+            if self.figures.get(key) is None and key not in self.notes:
+                self.notes[key] = text
+
+    def _not_run(self, names: list[str], reason: str) -> None:
+        for name in names:
+            self.status[name] = {"status": "not run", "reason": reason}
+
+    def result(self) -> dict[str, Any]:
+        """The JSON object: valid at any moment (after each section and at the end)."""
+        notes = dict(self.notes)
+        registry = sections.registered()
+        for name, state in self.status.items():
+            if state["status"] == "not run" and name in registry:
+                for key in registry[name].keys:
+                    notes.setdefault(key, f"section not run: {state['reason']}")
         for key, value in self.figures.items():
-            if value is None and key not in self.notes:
+            if value is None and key not in notes:
                 cuda_only = not self.cuda and key.endswith(("_mfu", "_peak_mem_gib"))
-                self.notes[key] = "CUDA only" if cuda_only else "not measured"
+                notes[key] = "CUDA only" if cuda_only else "not measured"
+        self.extra["wall_s"] = time.perf_counter() - self.t0
         return {
             "meta": self.meta(),
+            "sections": self.status,
+            "sections_not_run": {
+                name: state["reason"]
+                for name, state in self.status.items()
+                if state["status"] == "not run"
+            },
             "figures": self.figures,
-            "notes": {k: self.notes[k] for k in FIGURE_KEYS if k in self.notes},
+            "notes": {k: notes[k] for k in self.keys if k in notes},
             "extra": self.extra,
         }
+
+    def write(self) -> None:
+        """Rewrite the JSON at --out (atomically: a reader never sees half a file)."""
+        if self.out is not None:
+            write_json(self.out, self.result())
 
     def meta(self) -> dict[str, Any]:
         gpu = torch.cuda.get_device_name(self.device) if self.cuda else None
@@ -761,6 +920,9 @@ class Bench:
             "warmup": self.clock.warmup,
             "timer": "cuda events" if self.cuda else "wall clock (perf_counter)",
             "sections": list(self.args.sections),
+            "plan": self.args.plan,
+            "budget_s": self.args.budget_s,
+            "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
             "shapes": {label: asdict(shape) for label, shape in self.shapes.items()},
             "python": sys.version.split()[0],
         }
@@ -797,6 +959,78 @@ def _pixel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+class Stop(BaseException):  # noqa: N818 - not an error: the run is asked to stop
+    """The budget expired or the process got SIGTERM/SIGINT: the section running stops, no
+    other starts, the JSON is written. A BaseException so that sections' `except Exception`
+    (kept for their own failures) does not swallow it."""
+
+
+@contextlib.contextmanager
+def _budget_alarm(budget_s: float | None, t0: float) -> Iterator[None]:
+    """SIGALRM at t0 + budget_s raises `Stop` in the main thread (between Python bytecodes, so
+    a long kernel finishes first). No-op without a budget or off the main thread."""
+    if budget_s is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_sig: int, _frame: Any) -> None:
+        raise Stop(f"budget of {budget_s:g} s expired")
+
+    saved = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(budget_s - (time.perf_counter() - t0), 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT (e.g. `timeout` around the run) raise `Stop`: the JSON is written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(sig: int, _frame: Any) -> None:
+        raise Stop(f"stopped by {signal.Signals(sig).name}")
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write `result` to `path` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def register_builtins() -> None:
+    """The built-in sections (methods `Bench.run_<name>`), then the `sections.PLUGINS`."""
+    registry = sections.registered()
+    for name in BUILTIN_SECTIONS:
+        if name not in registry:
+            sections.section(name, SECTION_KEYS[name])(
+                lambda bench, name=name: getattr(bench, f"run_{name}")()
+            )
+    for module in sections.PLUGINS:
+        importlib.import_module(module)
+
+
+register_builtins()
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
 def merge(paths: list[Path]) -> dict[str, Any]:
     """Several partial runs (e.g. one per device call) -> one result; later non-null wins."""
     results = [json.loads(Path(p).read_text()) for p in paths]
@@ -807,6 +1041,14 @@ def merge(paths: list[Path]) -> dict[str, Any]:
                 merged["figures"][key] = value
                 merged["notes"].pop(key, None)
         merged["extra"].update(other["extra"])
+        for name, state in other.get("sections", {}).items():
+            if state.get("status") != "not run" or name not in merged.get("sections", {}):
+                merged.setdefault("sections", {})[name] = state
+        merged["sections_not_run"] = {
+            name: state.get("reason", "")
+            for name, state in merged.get("sections", {}).items()
+            if state.get("status") == "not run"
+        }
         merged["meta"]["sections"] = sorted(
             set(merged["meta"]["sections"]) | set(other["meta"]["sections"])
         )
@@ -815,15 +1057,27 @@ def merge(paths: list[Path]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    names = list(sections.registered())
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="720x720_5s", help="full-size variant (architecture)")
     p.add_argument("--small", action="store_true", help="tiny preset on the CPU (CI check)")
-    p.add_argument("--out", type=Path, help="JSON output path")
+    p.add_argument("--out", type=Path, help="JSON output path (rewritten after every section)")
     p.add_argument("--runs", type=int, help="timed runs per figure (median); 5 GPU, 1 small")
     p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
+        "--plan",
+        default="full",
+        choices=sorted(PLANS),
+        help="sections and shapes: full (all), lease (the 8-minute GPU command, 704x704x121),"
+        " lease-960 (960x960x121 and 960x960x241); --sections/--shapes override",
     )
-    p.add_argument("--shapes", default=",".join(LABELS), help=f"comma list of {', '.join(LABELS)}")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="stop starting sections once this many seconds have passed (the section running"
+        " then is interrupted); the JSON lists the sections not run and why",
+    )
+    p.add_argument("--sections", help=f"comma list, in order, of {', '.join(names)}")
+    p.add_argument("--shapes", help=f"comma list of {', '.join(LABELS)}")
     p.add_argument("--no-compile", action="store_true", help="ours without torch.compile")
     p.add_argument(
         "--compile-backend",
@@ -838,14 +1092,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.threads is None and args.small:
         args.threads = 1
-    args.sections = [s for s in args.sections.split(",") if s]
-    args.shapes = [s for s in args.shapes.split(",") if s]
+    plan_sections, plan_shapes = PLANS[args.plan]
+    args.sections = [s for s in (args.sections or ",".join(plan_sections)).split(",") if s]
+    args.shapes = [s for s in (args.shapes or ",".join(plan_shapes)).split(",") if s]
     for name in args.sections:
-        if name not in SECTIONS:
-            p.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+        if name not in names:
+            p.error(f"unknown section {name!r}; choose from {', '.join(names)}")
+    if len(set(args.sections)) != len(args.sections):
+        p.error(f"a section is named twice in --sections {','.join(args.sections)}")
     for name in args.shapes:
         if name not in LABELS:
             p.error(f"unknown shape {name!r}; choose from {', '.join(LABELS)}")
+    if args.budget_s is not None and args.budget_s < 0:
+        p.error(f"--budget-s must be >= 0, got {args.budget_s:g}")
     return args
 
 
@@ -861,20 +1120,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.merge:
+        if not args.out:
+            print("error: --merge needs --out", file=sys.stderr)
+            return 2
         result = merge(args.merge)
+        write_json(args.out, result)
     else:
+        if args.out and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            # the compile cache beside the results: a rerun on the same host is warm
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(
+                args.out.parent.resolve() / "inductor-cache"
+            )
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        result = Bench(args).run()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        result = Bench(args).run()  # writes --out after every section
     meta = result["meta"]
     where = meta["gpu"] or f"CPU, {meta['cpu_threads']} thread(s), tiny config: CPU figures"
     print(f"\n== figures ({where}; torch {meta['torch']}) ==")
     for key, value in result["figures"].items():
         print(f"{key:48s} {_fmt(value)}")
+    for name, reason in result.get("sections_not_run", {}).items():
+        print(f"section {name} not run: {reason}")
+    for name, state in result.get("sections", {}).items():
+        if state["status"] in ("failed", "interrupted"):
+            print(f"section {name} {state['status']}: {state.get('error')}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
