@@ -844,6 +844,7 @@ class Bench:
         self.say(f"== section {sec.name} ==")
         state: dict[str, Any] = {"status": "running"}
         self.status[sec.name] = state
+        self.write()  # a hard crash (segfault, kill -9) leaves this section marked "running"
         try:
             sec.run(self)
             state["status"] = "ok"

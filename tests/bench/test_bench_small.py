@@ -96,6 +96,10 @@ def test_values_are_numbers_or_null_where_a_gpu_is_needed(result):
 def test_figures_make_sense(result):
     f, meta = result["figures"], result["meta"]
     assert meta["small"] is True and meta["gpu"] is None and meta["device"] == "cpu"
+    assert {n: s["status"] for n, s in result["sections"].items()} == dict.fromkeys(
+        result["sections"], "ok"
+    )
+    assert result["sections_not_run"] == {}
     assert meta["torch"] and meta["timer"].startswith("wall clock")
     # the analytical count reproduces the issue's 239.8 TFLOP per forward at 704x704x121
     assert round(f["flop_per_forward_704x704x121_reference_style_tflop"], 1) == 239.8
@@ -160,3 +164,15 @@ def test_partial_runs_merge(result, tmp_path):
         merged["figures"]["step_704x704x121_ours_ms"]
         == result["figures"]["step_704x704x121_ours_ms"]
     )
+
+
+def test_the_lease_command_brings_back_json_kernels_and_log(bench_small_run, result):
+    """The background run went through bench/gpu-lease.sh: its folder holds the three files."""
+    assert result["meta"]["budget_s"] == 240  # BENCH_BUDGET_S reached the bench
+    assert result["meta"]["inductor_cache"] == str(bench_small_run.folder / "inductor-cache")
+    kernels = (bench_small_run.folder / "bench.kernels.txt").read_text()
+    assert "one step at 704x704x121" in kernels and "Self CPU" in kernels
+    top = result["extra"]["profile_top20"]["kernels"]
+    assert 0 < len(top) <= 20 and all(k["self_ms"] >= 0 for k in top)
+    log = (bench_small_run.folder / "bench.log").read_text()
+    assert "== section dit ==" in log and "results in" in bench_small_run.log("stdout")
