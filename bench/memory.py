@@ -260,12 +260,14 @@ def estimate_memory(
         act("est_vae_encode_image_act_gib",
             lambda: vae.encode_image(torch.empty(image, device=META, dtype=torch.bfloat16)))  # fmt: skip
 
-        def decode() -> torch.Tensor:
-            return vae.decode(torch.empty(latent, device=META, dtype=torch.bfloat16))
+        def z_video() -> torch.Tensor:
+            return torch.empty(latent, device=META, dtype=torch.bfloat16)
 
-        act("est_vae_decode_stock_act_gib", decode)
-        opt.vae_skip_upcasts(vae)  # as the pipeline runs it
-        act("est_vae_decode_act_gib", decode)
+        vae.tail_frames = None  # diffusers' decode as shipped (fp32 upcasts, whole chunks)
+        act("est_vae_decode_stock_act_gib", lambda: vae.decode(z_video()))
+        vae.tail_frames = 1
+        opt.vae_skip_upcasts(vae)  # as the pipeline runs it: in pieces, 8-bit frames to host
+        act("est_vae_decode_act_gib", lambda: vae.decode_uint8(z_video(), device="cpu"))
         z = torch.empty(1, config.audio_vae.embed_dim, s.audio_tokens, device=META)
         act("est_audio_decode_act_gib", lambda: parts["vocoder"](parts["audio_vae"].decode(z)))
     est.update(_pipeline_peaks(est, fusion, main))

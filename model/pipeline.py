@@ -429,10 +429,9 @@ class OviPipeline:
 
     @torch.no_grad()
     def decode(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        with self._on_device(self.video_vae):
-            pixels = self.video_vae.decode(video.to(self.dtype))  # [1, 3, T, H, W] in [-1, 1]
-        frames = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        frames_np = frames.permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3]
+        with self._on_device(self.video_vae):  # 8-bit frames piece by piece, straight to host
+            frames = self.video_vae.decode_uint8(video.to(self.dtype), device="cpu")
+        frames_np = frames[0].numpy()  # [T, H, W, 3]
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
             mel = self.audio_vae.decode(audio.float().transpose(1, 2))  # [1, 80, 2*La]
             waveform = self.vocoder(mel)  # [1, 1, samples]

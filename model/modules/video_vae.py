@@ -12,15 +12,30 @@ encoding; one latent frame at a time when decoding). What diffusers leaves out i
 * an unclamped decode: diffusers always clamps to [-1, 1]; `decode(..., clamp=False)` runs the
   same frame-by-frame decoder loop without that last step.
 
-Memory knobs are diffusers': `enable_tiling(...)` (spatial tiles, clamped decode only) and
-`enable_slicing()` (one batch item at a time).
+Decode memory (exact): the decoder runs one latent frame at a time (as diffusers does), and its
+full-resolution tail (the up blocks after the last temporal upsampler, the output norm and conv)
+runs `tail_frames` output frames at a time (default 1) with the causal-conv cache carried
+between pieces; the pieces are unpatchified into one preallocated output. Every layer of that
+tail is causal in time with a 3-frame kernel (or per frame), so the pixels are those of the
+whole-chunk decode (`tests/model/test_video_vae.py` checks it) while the largest activations
+shrink ~4x (`bench --sections memory`: est_vae_decode_act_gib). `tail_frames = None` runs
+diffusers' own loop. Other memory knobs are diffusers': `enable_tiling(...)` (spatial tiles,
+clamped decode only; blends seams, not exact) and `enable_slicing()` (one batch item at a time).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    WanCausalConv3d,
+    WanResidualUpBlock,
+    unpatchify,
+)
 from torch import nn
 
 from ..config import WanVAEConfig
@@ -61,6 +76,8 @@ class VideoVAE(nn.Module):
         self.register_buffer("latents_mean", torch.empty(config.z_dim), persistent=False)
         self.register_buffer("latents_std", torch.empty(config.z_dim), persistent=False)
         self.reset_latent_stats()
+        # 3. decode memory: output frames per piece of the full-resolution tail (None: diffusers')
+        self.tail_frames: int | None = 1
 
     def reset_latent_stats(self) -> None:
         """(Re)fill the float32 mean/std buffers from the config on the weights' device.
@@ -162,29 +179,39 @@ class VideoVAE(nn.Module):
         """Normalised latent [B, z, F, h, w] -> video [B, 3, 1 + 4(F-1), 16h, 16w].
 
         `clamp=True` (Ovi's output) clips to [-1, 1]; `clamp=False` returns the decoder's raw
-        values (no tiling on that path).
+        values (no tiling on that path). Decoded in pieces (`tail_frames`, module docstring):
+        the values of diffusers' decode, in far less memory.
         """
-        if latent.ndim != 5 or latent.shape[1] != self.config.z_dim:
-            raise ValueError(
-                f"latent must be [B, {self.config.z_dim}, F, h, w], got {list(latent.shape)}"
-            )
+        self._check_latent(latent)
         # 2. latent statistics (undone), then 1. the network's decoder
         z = self.denormalize(latent.to(self._weight))
-        if clamp:
-            return self.vae.decode(z).sample
         if self.vae.use_tiling:
-            raise ValueError("an unclamped decode cannot be tiled; call disable_tiling() first")
-        if self.vae.use_slicing and z.shape[0] > 1:
-            return torch.cat([self._decode_unclamped(item) for item in z.split(1)])
-        return self._decode_unclamped(z)
+            if not clamp:
+                raise ValueError("an unclamped decode cannot be tiled; call disable_tiling() first")
+            return self.vae.decode(z).sample
+        if self.tail_frames is None:  # diffusers' own loop (the reference for the pieces)
+            return self.vae.decode(z).sample if clamp else self._decode_stock_unclamped(z)
+        b, _, num_latent, h, w = z.shape
+        t_out = 1 + self.config.temporal_compression * (num_latent - 1)
+        s = self.config.spatial_compression
+        out = torch.empty(b, 3, t_out, h * s, w * s, device=z.device, dtype=z.dtype)
 
-    def _decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
-        """diffusers' decode loop minus its final clamp: one latent frame at a time, with a
-        causal-conv cache carried across frames; the temporal upsamplers skip frame 0."""
+        def write(frame: int, piece: torch.Tensor, rows: slice) -> None:
+            out[rows, :, frame : frame + piece.shape[2]] = (
+                piece.clamp(-1.0, 1.0) if clamp else piece
+            )
+
+        for item in range(b):  # one batch item at a time (the cache is per clip)
+            self._decode_in_pieces(
+                z[item : item + 1], lambda f, p, i=item: write(f, p, slice(i, i + 1))
+            )
+        return out
+
+    def _decode_stock_unclamped(self, z: torch.Tensor) -> torch.Tensor:
+        """diffusers' decode loop minus its final clamp: one latent frame at a time through
+        its own decoder, with a causal-conv cache carried across frames."""
         decoder = self.vae.decoder
-        cache: list[torch.Tensor | None] = [None] * sum(
-            isinstance(m, WanCausalConv3d) for m in decoder.modules()
-        )
+        cache: list[Any] = [None] * sum(isinstance(m, WanCausalConv3d) for m in decoder.modules())
         x = self.vae.post_quant_conv(z)
         frames = []
         for i in range(x.shape[2]):
@@ -194,3 +221,169 @@ class VideoVAE(nn.Module):
             )
         out = torch.cat(frames, dim=2)  # [B, 12, T, h*8, w*8]
         return unpatchify(out, patch_size=self.config.patch_size)  # [B, 3, T, 16h, 16w]
+
+    @torch.no_grad()
+    def decode_uint8(
+        self, latent: torch.Tensor, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Normalised latent [B, z, F, h, w] -> the 8-bit frames [B, T, 16h, 16w, 3] (uint8) on
+        `device` (default: the latent's), each piece converted as soon as it is decoded:
+        round((clamp(x, -1, 1) + 1) * 127.5) in float32, the pipeline's conversion. With a
+        host `device` the decoded video never sits on the GPU whole (pinned host memory,
+        asynchronous copies, synchronised before returning). On `meta` nothing is copied."""
+        self._check_latent(latent)
+        z = self.denormalize(latent.to(self._weight))
+        b, _, num_latent, h, w = z.shape
+        t_out = 1 + self.config.temporal_compression * (num_latent - 1)
+        s = self.config.spatial_compression
+        device = torch.device(device) if device is not None else z.device
+        pin = device.type == "cpu" and z.device.type == "cuda"
+        out = torch.empty(b, t_out, h * s, w * s, 3, dtype=torch.uint8, device=device,
+                          pin_memory=pin)  # fmt: skip
+
+        def write(frame: int, piece: torch.Tensor, rows: slice = slice(None)) -> None:
+            """piece [b, 3, n, H, W] -> uint8 frames out[rows, frame : frame + n]."""
+            pixels = piece.clamp(-1.0, 1.0).float().clamp(-1, 1)
+            pixels = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+            if pixels.device.type != "meta" or device.type == "meta":
+                out[rows, frame : frame + pixels.shape[1]].copy_(pixels, non_blocking=pin)
+
+        if self.tail_frames is None or self.vae.use_tiling:
+            write(0, self.vae.decode(z).sample)
+        else:
+            for item in range(b):  # one batch item at a time (the cache is per clip)
+                self._decode_in_pieces(
+                    z[item : item + 1], lambda f, p, i=item: write(f, p, rows=slice(i, i + 1))
+                )
+        if pin:
+            torch.cuda.current_stream(z.device).synchronize()
+        return out
+
+    def _check_latent(self, latent: torch.Tensor) -> None:
+        if latent.ndim != 5 or latent.shape[1] != self.config.z_dim:
+            raise ValueError(
+                f"latent must be [B, {self.config.z_dim}, F, h, w], got {list(latent.shape)}"
+            )
+
+    def _decode_in_pieces(
+        self, z: torch.Tensor, write: Callable[[int, torch.Tensor], None],
+        tail_frames: int | None = -1,
+    ) -> int:  # fmt: skip
+        """One latent frame at a time, with a causal-conv cache carried across frames (as
+        diffusers decodes); after each temporal upsampler the frames go on in pieces of
+        `tail_frames` (-1: `self.tail_frames`; None: whole). Each decoded piece [B, 3, n, H, W]
+        goes to `write(first_frame, piece)`; returns the number of frames written.
+        z: [B, z, F, h, w] (denormalised), frames 1 + 4(F-1) of 16h x 16w."""
+        tail_frames = self.tail_frames if tail_frames == -1 else tail_frames
+        decoder = self.vae.decoder
+        if not all(isinstance(b, WanResidualUpBlock) for b in decoder.up_blocks):
+            raise ValueError("piecewise decoding needs the Wan2.2 (residual) decoder blocks")
+        cache: list[Any] = [None] * sum(isinstance(m, WanCausalConv3d) for m in decoder.modules())
+        x = self.vae.post_quant_conv(z)  # [B, z, F, h, w]
+        written = [0]  # output frames written so far
+        for i in range(z.shape[2]):
+            cursor = [0]  # next causal conv's slot in `cache`, advanced by every causal conv
+            y = _causal_conv(decoder.conv_in, x[:, :, i : i + 1], cache, cursor)
+            y = decoder.mid_block(y, feat_cache=cache, feat_idx=cursor)
+            self._up_and_out(0, y, cache, cursor, i == 0, tail_frames, write, written)
+        return written[0]
+
+    def _up_and_out(
+        self,
+        first_block: int,
+        y: torch.Tensor,
+        cache: list,
+        cursor: list[int],
+        first: bool,
+        tail_frames: int | None,
+        write: Callable[[int, torch.Tensor], None],
+        written: list[int],
+    ) -> None:
+        """Up blocks from `first_block`, the head, unpatchify, then `write`. Whenever a block
+        leaves more than `tail_frames` frames, the rest runs once per piece of frames, each piece
+        through the same causal convs (the cursor rewound): every layer from here is per frame
+        or causal in time, so the values are those of the whole. y: [B, C, n, h', w']."""
+        decoder = self.vae.decoder
+        blocks = decoder.up_blocks
+        for k in range(first_block, len(blocks)):
+            y = _lean_up_block(blocks[k], y, cache, cursor, first)
+            if tail_frames is not None and y.shape[2] > tail_frames and k + 1 < len(blocks):
+                start = cursor[0]
+                for piece in y.split(tail_frames, dim=2):
+                    cursor[0] = start
+                    self._up_and_out(k + 1, piece, cache, cursor, first, tail_frames, write,
+                                     written)  # fmt: skip
+                return
+        y = decoder.nonlinearity(decoder.norm_out(y))
+        y = _lean_conv(decoder.conv_out, y, cache, cursor)
+        y = unpatchify(y, patch_size=self.config.patch_size)  # [B, 3, n, 16h', 16w']
+        write(written[0], y)
+        written[0] += y.shape[2]
+
+
+def _lean_conv(
+    conv: WanCausalConv3d, x: torch.Tensor, cache: list, cursor: list[int]
+) -> torch.Tensor:
+    """The pieces' causal conv: the values of `_causal_conv` with fewer copies alive.
+
+    Its cache slot holds the last `past` (2) frames of the zero-front-padded input stream as a
+    list of one-frame tensors (zeros at the start: diffusers' causal padding), taken from the
+    inputs themselves (no clone unless x has more frames than that); the input is joined to
+    them once, and the conv pads space itself (no padded copy).
+    x: [B, C, n, H, W] -> [B, C', n, H, W]."""
+    idx = cursor[0]
+    cursor[0] += 1
+    past = conv._padding[4]  # frames of causal history the kernel reads (2)
+    if not past:
+        return conv(x)
+    prev: list[torch.Tensor] = cache[idx] or [x.new_zeros(*x.shape[:2], 1, *x.shape[3:])] * past
+    frames = [*prev, *x.split(1, dim=2)]  # one-frame views
+    keep = frames[-past:]
+    if x.shape[2] > past:  # views into a long x would keep all of it alive
+        keep = [f.clone() for f in keep]
+    cache[idx] = None
+    inp = torch.cat([*prev, x], dim=2)  # [B, C, past + n, H, W]
+    del prev, frames
+    pad = (0, conv._padding[2], conv._padding[0])  # (time, rows, columns): time is in `inp`
+    y = F.conv3d(inp, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+    cache[idx] = keep
+    return y
+
+
+def _lean_resnet(block: nn.Module, x: torch.Tensor, cache: list, cursor: list[int]) -> torch.Tensor:
+    """diffusers' `WanResidualBlock` with `_lean_conv`: conv2(act(norm2(conv1(act(norm1(x))))))
+    + shortcut(x)."""
+    y = _lean_conv(block.conv1, block.nonlinearity(block.norm1(x)), cache, cursor)
+    y = _lean_conv(block.conv2, block.dropout(block.nonlinearity(block.norm2(y))), cache, cursor)
+    return y.add_(block.conv_shortcut(x))  # the shortcut last: not alive during the convs
+
+
+def _lean_up_block(
+    block: WanResidualUpBlock, x: torch.Tensor, cache: list, cursor: list[int], first: bool
+) -> torch.Tensor:
+    """diffusers' `WanResidualUpBlock` with `_lean_resnet`: resnets, the upsampler (its temporal
+    conv, if any, keeps diffusers' cache protocol), plus the duplicated-input shortcut added in
+    place; no clone of x (nothing writes into it)."""
+    y = x
+    for resnet in block.resnets:
+        y = _lean_resnet(resnet, y, cache, cursor)
+    if block.upsampler is not None:
+        y = block.upsampler(y, feat_cache=cache, feat_idx=cursor)
+    if block.avg_shortcut is not None:
+        y = y.add_(block.avg_shortcut(x, first_chunk=first))
+    return y
+
+
+def _causal_conv(
+    conv: WanCausalConv3d, x: torch.Tensor, cache: list, cursor: list[int]
+) -> torch.Tensor:
+    """A causal conv with the decoder's cache protocol: it sees the last two frames it was
+    given before (zero frames at the start) and keeps its input's last two frames."""
+    idx = cursor[0]
+    keep = x[:, :, -2:].clone()
+    if keep.shape[2] < 2 and cache[idx] is not None:
+        keep = torch.cat([cache[idx][:, :, -1:].to(keep.device), keep], dim=2)
+    y = conv(x, cache[idx])
+    cache[idx] = keep
+    cursor[0] += 1
+    return y

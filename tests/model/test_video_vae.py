@@ -137,6 +137,56 @@ def test_unclamped_decode_is_the_clamped_one_before_clipping(tiny_vae, one_threa
     torch.testing.assert_close(raw.clamp(-1, 1), clamped)
 
 
+# --- decode in pieces (exact, ~half the memory: bench/memory.py's est_vae_decode_act_gib) -------
+
+
+def _stock(vae: VideoVAE, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """diffusers' own decode (whole latent-frame chunks): the reference."""
+    saved, vae.tail_frames = vae.tail_frames, None
+    try:
+        return vae.decode(latent, clamp=clamp)
+    finally:
+        vae.tail_frames = saved
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+@pytest.mark.parametrize("tail_frames", [1, 2])
+def test_decode_in_pieces_equals_diffusers_decode(tiny_vae, one_thread, tail_frames):
+    """fp32 on CPU: pieces of 1 or 2 frames after each temporal upsampler, the causal-conv
+    cache carried across pieces, give diffusers' pixels (clamped and raw): bit-equal at a 4x4
+    latent; at 2x3, where the conv kernels for 3-frame and whole-chunk inputs round
+    differently, within 4e-7 relative (measured; bound 1e-6)."""
+    tiny_vae.tail_frames = tail_frames
+    try:
+        for (h, w), exact in (((4, 4), True), ((2, 3), False)):
+            latent = 2 * torch.randn(1, 48, 4, h, w, generator=torch.Generator().manual_seed(3))
+            for clamp in (True, False):
+                out, ref = tiny_vae.decode(latent, clamp=clamp), _stock(tiny_vae, latent, clamp)
+                assert out.shape == (1, 3, 13, 16 * h, 16 * w)
+                if exact:
+                    assert torch.equal(out, ref), (tail_frames, clamp)
+                else:
+                    assert _rel(out, ref) <= 1e-6, (tail_frames, clamp, _rel(out, ref))
+        # a batch decodes item by item (the causal cache is per clip), as diffusers' slicing
+        latent = 2 * torch.randn(2, 48, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+        per_item = torch.cat([_stock(tiny_vae, item) for item in latent.split(1)])
+        assert torch.equal(tiny_vae.decode(latent), per_item)
+    finally:
+        tiny_vae.tail_frames = 1
+
+
+def test_decode_uint8_gives_the_pipelines_frames_on_the_host(tiny_vae, one_thread):
+    latent = 2 * torch.randn(1, 48, 3, 2, 2, generator=torch.Generator().manual_seed(4))
+    frames = tiny_vae.decode_uint8(latent, device="cpu")
+    pixels = _stock(tiny_vae, latent)[0]  # what the pipeline converted before
+    expected = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    assert frames.dtype == torch.uint8 and frames.shape == (1, 9, 32, 32, 3)
+    assert torch.equal(frames[0], expected.permute(1, 2, 3, 0))
+
+
 def test_latent_normalisation_round_trips(tiny_vae):
     mu = torch.randn(1, 48, 2, 2, 2)
     torch.testing.assert_close(tiny_vae.denormalize(tiny_vae.normalize(mu)), mu)
