@@ -470,7 +470,7 @@ class OviPipeline:
         timings["image_encode"] = time.perf_counter() - clock
         # 4. denoise
         clock = time.perf_counter()
-        with self._on_device(self.fusion):
+        with self._on_device(self.fusion), self.fusion.clip():  # clip cache: RoPE, text K/V
             video, audio = denoise(
                 self.fusion, video, audio, text_pos, text_vneg, text_aneg, params,
                 first_frame_latent=first_frame, callback=callback, should_cancel=should_cancel,

@@ -46,8 +46,9 @@ more work; the benchmark's reference-style path).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
@@ -119,6 +120,14 @@ def rope_angles(
         rotated = rope_axis_angles(grid[0], pf, scale, device)  # [L, pf]
         return F.pad(rotated, (0, head_dim // 2 - pf))
     raise ValueError(f"RoPE grid must be (F, H, W) or (L,), got {grid}")
+
+
+def rope_tables(
+    grid: tuple[int, ...], head_dim: int, scale: float = 1.0, device: torch.device | None = None
+) -> Rope:
+    """(cos, sin) of `rope_angles`, each float32 [L, d/2]."""
+    angles = rope_angles(grid, head_dim, scale, device)  # [L, d/2] float64
+    return torch.cos(angles).float(), torch.sin(angles).float()
 
 
 def rope_apply(x: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -338,6 +347,12 @@ class FusionCrossAttention(SelfAttention):
         # like norm_q/norm_k, present only with qk_norm (the official injection does the same)
         self.norm_k_fusion = RMSNorm(dim, FUSION_NORM_EPS) if qk_norm else nn.Identity()
 
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """1.'s keys and values of the embedded text [B, Lt, D] -> ([B, Lt, N, d], [B, Lt, N, d]):
+        fixed for a clip, so `ClipCache` may keep them across steps."""
+        k, v = self.project("kv", context)  # [B, Lt, D] each
+        return self._heads(self.norm_k(k)), self._heads(v)
+
     def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
@@ -345,13 +360,15 @@ class FusionCrossAttention(SelfAttention):
         target: torch.Tensor,
         rope: Rope,
         target_rope: Rope,
+        text_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: [B, L, D] (compute dtype); context: [B, Lt, D] embedded text; target: [B, Lo, Do]
-        fp32 stream of the other tower; rope [L, d/2], target_rope [Lo, d/2] -> [B, L, D]."""
+        fp32 stream of the other tower; rope [L, d/2], target_rope [Lo, d/2]; text_kv:
+        `self.text_kv(context)` when already computed (a clip cache) -> [B, L, D]."""
         # 1. text attention: no RoPE, no mask (zero-padded rows are attended too)
         q = self._heads(self.norm_q(self.q(x)))  # [B, L, N, d]
-        k, v = self.project("kv", context)  # [B, Lt, D] each
-        x_text = attention(q, self._heads(self.norm_k(k)), self._heads(v))  # [B, L, N, d]
+        k, v = self.text_kv(context) if text_kv is None else text_kv  # [B, Lt, N, d] each
+        x_text = attention(q, k, v)  # [B, L, N, d]
         # 2. fusion attention: the same q, rotated with our positions; keys with theirs
         y = self.pre_attn_norm_fusion(target).to(x.dtype)  # [B, Lo, Do]
         k2, v2 = self.project("kv_fusion", y)  # [B, Lo, D] each
@@ -377,10 +394,15 @@ class TowerInputs(NamedTuple):
     rope: Rope  # (cos, sin) [L, d/2] fp32
     grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
     dtype: torch.dtype  # the model's compute dtype (`FusionModel.dtype`)
+    # this layer's text keys/values ([B, Lt, N, d] each) from a clip cache, else None
+    text_kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rows(self, sl: slice) -> TowerInputs:
         """The same inputs for batch rows `sl` only."""
-        return self._replace(x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl])
+        kv = None if self.text_kv is None else (self.text_kv[0][sl], self.text_kv[1][sl])
+        return self._replace(
+            x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl], text_kv=kv
+        )
 
 
 class FusionBlock(nn.Module):
@@ -439,7 +461,12 @@ class FusionBlock(nn.Module):
         dtype = inputs.dtype
         # 2. cross-attention (no gate)
         h = self.norm3(x).to(dtype)
-        x = x + self.cross_attn(h, inputs.context, target, inputs.rope, target_rope).float()
+        x = (
+            x
+            + self.cross_attn(
+                h, inputs.context, target, inputs.rope, target_rope, inputs.text_kv
+            ).float()
+        )
         # 3. feed-forward
         shift, scale, gate = (_per_token(c, inputs.index) for c in m[3:6])
         h = self.norm2(x) * (1 + scale) + shift  # fp32
@@ -468,7 +495,53 @@ class Head(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Tower
+# 5. Clip cache: what stays fixed for a whole clip
+# ---------------------------------------------------------------------------------------------
+
+
+class ClipCache:
+    """Values that stay the same for every step of one clip, computed once while active:
+    the RoPE tables per grid, each tower's embedded text and its per-layer text keys/values
+    (both guidance passes: one entry per text tensor). Exact: the same ops on the same inputs.
+
+    A text entry is keyed by the tensor's identity and version, and keeps a reference to it, so
+    an id cannot be reused while cached and an in-place change misses. `FusionModel.clip()`
+    activates it for one clip and empties it after (the K/V of 30 layers x 2 towers x 2 texts
+    are ~0.7 GiB at full size, freed before the VAE decode)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._entries: dict[tuple[Any, ...], tuple[torch.Tensor | None, Any]] = {}
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def get(self, key: tuple[Any, ...], tensor: torch.Tensor | None) -> Any:
+        full = key if tensor is None else (*key, id(tensor), tensor._version)
+        hit = self._entries.get(full)
+        return None if hit is None else hit[1]
+
+    def put(self, key: tuple[Any, ...], tensor: torch.Tensor | None, value: Any) -> Any:
+        full = key if tensor is None else (*key, id(tensor), tensor._version)
+        self._entries[full] = (tensor, value)
+        return value
+
+
+def _cached(
+    cache: ClipCache | None,
+    key: tuple[Any, ...],
+    tensor: torch.Tensor | None,
+    fn: Callable[[], Any],
+) -> Any:
+    """fn() through an active clip cache (by `key` and `tensor`'s identity), else fn()."""
+    if cache is None or not cache.active:
+        return fn()
+    value = cache.get(key, tensor)
+    return value if value is not None else cache.put(key, tensor, fn())
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Tower
 # ---------------------------------------------------------------------------------------------
 
 
@@ -537,12 +610,16 @@ class WanTower(nn.Module):
         time_per_token: bool = False,
         *,
         dtype: torch.dtype,
+        cache: ClipCache | None = None,
+        cache_text: bool = True,
     ) -> TowerInputs:
         """Sections 1 and 2. latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B];
         context: [B, Lt, Dt]; dtype: the compute dtype.
 
         time_per_token: run the time MLPs on every token's timestep (the official form: same
         values, L times the work) instead of once per distinct timestep.
+        cache: a clip cache (`ClipCache`, active) keeps the RoPE tables and (`cache_text`) the
+        embedded text.
         """
         cfg = self.config
         # 1. patch & position embedding: tokens, then RoPE for their grid
@@ -556,8 +633,8 @@ class WanTower(nn.Module):
             x = x.transpose(1, 2)  # [B, La, D]
         x = x.float()  # the residual stream is fp32
         num_tokens = x.shape[1]
-        angles = rope_angles(grid, cfg.head_dim, cfg.rope_scale, x.device)  # [L, d/2] float64
-        rope = (torch.cos(angles).float(), torch.sin(angles).float())
+        rope = _cached(cache, ("rope", grid, cfg.head_dim, cfg.rope_scale, x.device), None,
+                       lambda: rope_tables(grid, cfg.head_dim, cfg.rope_scale, x.device))  # fmt: skip
 
         # 2. condition embeddings
         # time: features per distinct timestep, gathered per token through `index`
@@ -573,9 +650,16 @@ class WanTower(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D] fp32
         e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D] fp32
         # text: zero-pad to text_len, embed every row (no mask downstream)
-        pad = cfg.text_len - context.shape[1]
-        context = self.text_embedding(F.pad(context.to(dtype), (0, 0, 0, pad)))  # [B, text_len, D]
+        text_cache = cache if cache_text else None
+        context = _cached(text_cache, ("text", id(self), dtype), context,
+                          lambda: self.embed_text(context, dtype))  # fmt: skip
         return TowerInputs(x, e, e0, index, context, rope, grid, dtype)
+
+    def embed_text(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, Lt, Dt] -> [B, text_len, D] (compute dtype): zero-padded to text_len, every row
+        embedded (no mask downstream)."""
+        pad = self.config.text_len - context.shape[1]
+        return self.text_embedding(F.pad(context.to(dtype), (0, 0, 0, pad)))
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         """Head output [B, L, prod(patch) * C] -> video [B, C, F, H, W] / audio [B, La, C]."""
@@ -590,7 +674,7 @@ class WanTower(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. The fusion model
+# 7. The fusion model
 # ---------------------------------------------------------------------------------------------
 
 
@@ -678,6 +762,23 @@ class FusionModel(nn.Module):
         self.layer_fn: LayerFn = fusion_layer
         self.offload: LayerWeights | None = None
         self.time_per_token = False
+        self.clip_cache: ClipCache | None = None  # per-clip reuse while `clip()` is active
+
+    @contextlib.contextmanager
+    def clip(self) -> Iterator[FusionModel]:
+        """One clip's sampling loop: with a `clip_cache` set, the RoPE tables, embedded texts
+        and text keys/values are computed once and reused by every step; emptied on exit."""
+        cache = self.clip_cache
+        if cache is None or cache.active:  # no cache, or an outer clip() owns it
+            yield self
+            return
+        cache.clear()
+        cache.active = True
+        try:
+            yield self
+        finally:
+            cache.active = False
+            cache.clear()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -771,6 +872,7 @@ class FusionModel(nn.Module):
             first_frame_is_clean,
             slg_layer,
             slg_rows_from=b,
+            cache_text=False,  # the joined texts are new tensors every call
         )
         return v[:b], a[:b], v[b:], a[b:]
 
@@ -783,20 +885,33 @@ class FusionModel(nn.Module):
         first_frame_is_clean: bool,
         slg_layer: int | bool | None,
         slg_rows_from: int = 0,
+        cache_text: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """`forward` after the input checks; the skipped layer skips rows >= slg_rows_from."""
+        """`forward` after the input checks; the skipped layer skips rows >= slg_rows_from;
+        cache_text: an active clip cache may keep the texts' embeddings and keys/values."""
         t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
         dtype, per_token = self.dtype, self.time_per_token
 
         # 1. patch & position embedding, 2. condition embeddings: both towers
+        video_blocks, audio_blocks = self.video_model.blocks, self.audio_model.blocks
+        cache = self.clip_cache if self.clip_cache is not None and self.clip_cache.active else None
         vid = self.video_model.embed(
-            video, t, context[0], first_frame_is_clean, per_token, dtype=dtype
-        )
-        aud = self.audio_model.embed(audio, t, context[1], time_per_token=per_token, dtype=dtype)
+            video, t, context[0], first_frame_is_clean, per_token, dtype=dtype, cache=cache,
+            cache_text=cache_text,
+        )  # fmt: skip
+        aud = self.audio_model.embed(
+            audio, t, context[1], time_per_token=per_token, dtype=dtype, cache=cache,
+            cache_text=cache_text,
+        )  # fmt: skip
+        # the embedded texts' per-layer keys/values, filled as the layers first run
+        kv_v = kv_a = None
+        if cache is not None and cache_text:
+            kv_v = _cached(cache, ("kv", 0), vid.context, lambda: [None] * len(video_blocks))
+            kv_a = _cached(cache, ("kv", 1), aud.context, lambda: [None] * len(audio_blocks))
 
         # 3. blocks: the fusion layers (both residual streams stay fp32)
         v, a = vid.x, aud.x
-        video_blocks, audio_blocks = self.video_model.blocks, self.audio_model.blocks
+        vid_i, aud_i = vid, aud
         layers = [
             i for i in range(len(video_blocks)) if slg_rows_from > 0 or not _skipped(i, slg_layer)
         ]
@@ -805,13 +920,20 @@ class FusionModel(nn.Module):
         for i in layers:
             if self.offload is not None:
                 self.offload.fetch(i)
+            if kv_v is not None and kv_a is not None:  # after fetch: the layer's weights are here
+                if kv_v[i] is None:
+                    kv_v[i] = video_blocks[i].cross_attn.text_kv(vid.context)
+                if kv_a[i] is None:
+                    kv_a[i] = audio_blocks[i].cross_attn.text_kv(aud.context)
+                vid_i, aud_i = vid._replace(text_kv=kv_v[i]), aud._replace(text_kv=kv_a[i])
             if not _skipped(i, slg_layer):
-                v, a = self.layer_fn(video_blocks[i], audio_blocks[i], v, a, vid, aud)
+                v, a = self.layer_fn(video_blocks[i], audio_blocks[i], v, a, vid_i, aud_i)
             else:  # skip-layer guidance on rows >= slg_rows_from only
                 run = slice(0, slg_rows_from)
                 v_run, a_run = self.layer_fn(
-                    video_blocks[i], audio_blocks[i], v[run], a[run], vid.rows(run), aud.rows(run)
-                )
+                    video_blocks[i], audio_blocks[i], v[run], a[run], vid_i.rows(run),
+                    aud_i.rows(run),
+                )  # fmt: skip
                 v = torch.cat([v_run, v[slg_rows_from:]])
                 a = torch.cat([a_run, a[slg_rows_from:]])
             if self.offload is not None:

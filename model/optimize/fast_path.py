@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import attention as attn
-from ..modules.fusion import FusableProjections, FusionModel, fusion_layer
+from ..modules.fusion import ClipCache, FusableProjections, FusionModel, fusion_layer
 from ..options import RuntimeOptions
 from .fp8 import Fp8Linear, enable_fp8
 from .offload import enable_block_offload
@@ -67,13 +67,16 @@ class FastPath:
     fp8: bool = False  # fp8 compute (CUDA only through the pipeline)
     block_offload: bool = False
     check_attention: bool = True
+    # per-clip reuse of the RoPE tables, embedded texts and text K/V (`FusionModel.clip()`)
+    clip_cache: bool = True
 
 
 # No transform: the base that the memory/batching options go on when the fast path is off
 # (e.g. on CPU, where the plain float32 path is the one conformance checks).
 PLAIN_PATH = FastPath(
-    fuse_projections=False, compile=False, vae_skip_upcasts=False, check_attention=False
-)
+    fuse_projections=False, compile=False, vae_skip_upcasts=False, check_attention=False,
+    clip_cache=False,
+)  # fmt: skip
 
 
 def resolve_fast_path(runtime: RuntimeOptions, device: torch.device | str) -> FastPath | None:
@@ -173,20 +176,34 @@ def uncompile_layers(model: FusionModel) -> FusionModel:
 @contextlib.contextmanager
 def reference_style(model: FusionModel) -> Iterator[FusionModel]:
     """Run `model` as the official release does, for a fair in-process comparison: separate
-    q/k/v projections, plain SDPA, the time MLPs on every token, eager (no compiled layers).
-    The caller runs the two CFG passes one after the other. Restores everything on exit."""
+    q/k/v projections, the official attention (FA3 where importable, else FlashAttention-2 as
+    SDPA's flash backend; plain SDPA off CUDA), the time MLPs on every token, eager (no
+    compiled layers), nothing cached across steps. The caller runs the two CFG passes one after
+    the other. Restores everything on exit. (Its norms and RoPE keep our fp32 islands: the
+    official bf16 casts change rounding, not the work.)"""
     if any(isinstance(m, Fp8Linear) for m in model.modules()):
         raise ValueError("reference_style needs the bf16 weights: call disable_fp8 first")
     was_fused = projections_fused(model)
-    saved = (model.layer_fn, model.time_per_token, attn.forced_backend())
+    saved = (model.layer_fn, model.time_per_token, attn.forced_backend(), model.clip_cache)
+    saved_preference = attn.cuda_sdpa_preference()
     unfuse_projections(model)
-    model.layer_fn, model.time_per_token = fusion_layer, True
-    attn.force_backend("sdpa")
+    model.layer_fn, model.time_per_token, model.clip_cache = fusion_layer, True, None
+    device = next(model.parameters()).device
+    if device.type == "cuda" and attn.fa3_available():
+        attn.force_backend("fa3")  # the official release's attention on Hopper
+    elif device.type == "cuda":  # else FlashAttention-2, as SDPA's flash backend runs it
+        from torch.nn.attention import SDPBackend
+
+        attn.set_cuda_sdpa_preference([SDPBackend.FLASH_ATTENTION])
+        attn.force_backend("sdpa-cuda")
+    else:
+        attn.force_backend("sdpa")
     try:
         yield model
     finally:
-        model.layer_fn, model.time_per_token = saved[0], saved[1]
+        model.layer_fn, model.time_per_token, model.clip_cache = saved[0], saved[1], saved[3]
         attn.force_backend(saved[2])
+        attn.set_cuda_sdpa_preference(saved_preference)
         if was_fused:
             fuse_projections(model)
 
@@ -359,6 +376,8 @@ def optimize_fusion(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if config.fuse_projections:
         fuse_projections(model)
+    if config.clip_cache and model.clip_cache is None:
+        model.clip_cache = ClipCache()
     if config.fp8 and not any(isinstance(m, Fp8Linear) for m in model.modules()):
         enable_fp8(model)
     if config.block_offload and model.offload is None:
