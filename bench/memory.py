@@ -235,9 +235,32 @@ def estimate_memory(
         est[key], _ = tracker.measure(fn)
         est[key] /= GIB
 
+    full_layers = config.fusion.video.num_layers
+    kv_bytes: dict[str, int] = {}
+
+    def clip_step(shape: Shape, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step in a clip scope, as the pipeline runs it: the clip cache holds the text K/V of
+        the shallow DiT's layers; `kv_bytes[key]` is what the full depth holds."""
+        with dit.clip():
+            out = step(shape)
+            cache = dit.clip_cache
+            kv = (
+                [] if cache is None else [v for k, (_, v) in cache._entries.items() if k[0] == "kv"]
+            )
+            per_layer = sum(t.nbytes for layers in kv for pair in layers if pair for t in pair)
+            kv_bytes[key] = per_layer * full_layers // STEP_LAYERS
+        return out
+
+    def clip_act(key: str, shape: Shape) -> None:
+        """Step activations at full depth: the shallow DiT's peak + the K/V of the layers it
+        lacks (alive for the whole step)."""
+        act(key, lambda: clip_step(shape, key))
+        est[key] += kv_bytes[key] * (1 - STEP_LAYERS / full_layers) / GIB
+
     with torch.no_grad(), flash_attention_on_meta():
         for label, shape in shapes.items():
-            act(f"est_step_{label}_ours_act_gib", lambda shape=shape: step(shape))
+            clip_act(f"est_step_{label}_ours_act_gib", shape)
+        est["est_text_kv_cache_gib"] = kv_bytes[f"est_step_{main}_ours_act_gib"] / GIB
         act(f"est_step_{main}_batched_cfg_act_gib", lambda: step(shapes[main], batch_cfg=True))
         with opt.reference_style(dit):
             tracker.track(tensors_of(dit))  # the unfused projections
@@ -248,7 +271,7 @@ def estimate_memory(
         opt.disable_fp8(fusion)
         opt.enable_fp8(dit)
         tracker.track(tensors_of(dit))
-        act(f"est_step_{main}_fp8_act_gib", lambda: step(shapes[main]))
+        clip_act(f"est_step_{main}_fp8_act_gib", shapes[main])
         # every prompt is padded to text_len tokens. No padding mask: transformers reads it on
         # the host (`.all()`), which `meta` cannot; the mask's own bytes are negligible
         ids = torch.zeros(num_prompts, config.t5.text_len, dtype=torch.long, device=META)

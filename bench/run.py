@@ -140,6 +140,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         f"est_step_{MAIN}_batched_cfg_act_gib",
         f"est_step_{MAIN}_reference_act_gib",
         f"est_step_{MAIN}_fp8_act_gib",
+        "est_text_kv_cache_gib",
         "est_t5_act_gib",
         "est_vae_encode_image_act_gib",
         "est_vae_decode_act_gib",
@@ -375,6 +376,7 @@ class Bench:
         self.step_inputs: dict[str, dict[str, torch.Tensor]] = {}
         self.main_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.text_encoder = self.video_vae = self.audio_vae = self.vocoder = None
+        self._clip: contextlib.ExitStack | None = None  # the fusion model's clip scope (`step`)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -411,8 +413,12 @@ class Bench:
         return self.step_inputs[label]
 
     def step(self, label: str, batch_cfg: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """One denoising step's model work: both CFG passes + the guidance combination."""
+        """One denoising step's model work: both CFG passes + the guidance combination, inside
+        one clip scope held across steps (as the pipeline's loop: the clip cache is warm)."""
         x, fusion = self.inputs(label), self.fusion
+        if self._clip is None:
+            self._clip = contextlib.ExitStack()
+            self._clip.enter_context(fusion.clip())
         slg = self.preset.sampling.slg_layer
         with torch.no_grad():
             if batch_cfg:
@@ -428,7 +434,15 @@ class Bench:
         s = self.preset.sampling
         return nv + s.video_guidance_scale * (pv - nv), na + s.audio_guidance_scale * (pa - na)
 
+    def end_clip(self) -> None:
+        """Leave the clip scope (its cache emptied): before the weights change, and between
+        sections."""
+        if self._clip is not None:
+            self._clip.close()
+            self._clip = None
+
     def free(self) -> None:
+        self.end_clip()
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
