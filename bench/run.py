@@ -65,6 +65,8 @@ PROMPTS = (
     "robotic, muffled, echo, distorted",
 )
 PIPELINE_STEPS = (50, 30)
+# the official release's README: one 720x720x121 clip, 50 steps, end to end (printed beside ours)
+OFFICIAL_README_S = {"fa3": 83.0, "fa2": 96.0}
 ESTIMATE_NOTE = (
     "estimate at full size on the meta device: live tensor bytes, attention as a flash kernel;"
     " excludes allocator rounding/fragmentation and kernel workspaces (a floor under"
@@ -119,6 +121,8 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "vae_decode_rel_err",
         "vae_decode_pixel_err_max",
         "vae_decode_pixel_err_mean",
+        "vae_decode_whole_ms",
+        "vae_decode_whole_peak_mem_gib",
         "vae_decode_stock_bf16_ms",
         "vae_decode_stock_bf16_rel_err",
         "vae_decode_stock_bf16_pixel_err_max",
@@ -362,7 +366,7 @@ class Bench:
         self.full_config = get_preset(args.variant).config
         self.shapes = SMALL_SHAPES if self.small else FULL_SHAPES
         # --small checks that the code runs: one timed call, no warm-up (CPU, eager kernels)
-        runs = args.runs or (1 if self.small else 5)
+        runs = args.runs or (1 if self.small else 3 if args.plan.startswith("lease") else 5)
         self.clock = Clock(self.device, runs=runs, warmup=0 if self.small else 1)
         self.compile_backend = args.compile_backend or ("eager" if self.small else "inductor")
         self.keys = figure_keys()
@@ -646,7 +650,8 @@ class Bench:
                 ref = vae32.decode(latent).float()
             del vae32
             self.free()
-            # stock diffusers (fp32 round trips), then ours
+            # stock diffusers (fp32 round trips, whole chunks), then ours: whole, then in pieces
+            vae.tail_frames = None
             f["vae_decode_stock_bf16_ms"], stock = self.clock.median(
                 lambda: vae.decode(latent.to(self.dtype))
             )
@@ -654,6 +659,11 @@ class Bench:
             f["vae_decode_stock_bf16_pixel_err_max"] = _pixel_err(stock, ref)[0]
             del stock
             opt.vae_skip_upcasts(vae)
+            with self.clock.peak_memory(f, "vae_decode_whole_peak_mem_gib"):
+                f["vae_decode_whole_ms"], _ = self.clock.median(
+                    lambda: vae.decode(latent.to(self.dtype))
+                )
+            vae.tail_frames = 1  # as the pipeline decodes
             with self.clock.peak_memory(f, "vae_decode_peak_mem_gib"):
                 f["vae_decode_ms"], fast = self.clock.median(
                     lambda: vae.decode(latent.to(self.dtype))
@@ -752,7 +762,10 @@ class Bench:
             + ", ".join(
                 f"{s} steps {f[k]:.2f} s" for s, k in zip(PIPELINE_STEPS, keys, strict=True)
             )
+            + f"; the official README, 50 steps: {OFFICIAL_README_S['fa3']:g} s with FA3,"
+            f" {OFFICIAL_README_S['fa2']:g} s with FA2 (its hardware, its harness)"
         )
+        self.extra["official_readme_50_steps_s"] = OFFICIAL_README_S
 
     def run_profile(self) -> None:
         """One step under torch.profiler: the top 20 kernels by self time, saved beside the JSON
