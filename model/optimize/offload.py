@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -181,10 +182,39 @@ def visit_device(module: nn.Module, device: torch.device) -> Iterator[None]:
     weights never change during inference)."""
     tensors = [*module.parameters(), *module.buffers()]
     host = [t.data for t in tensors]
+    if device.type == "cuda" and module not in _PINNED:
+        pin_host_tensors(host)  # once per module: later visits copy by DMA, asynchronously
+        _PINNED.add(module)
     for t, h in zip(tensors, host, strict=True):
-        t.data = h.to(device)
+        t.data = h.to(device, non_blocking=h.is_pinned())  # stream-ordered before its use
     try:
         yield
     finally:
         for t, h in zip(tensors, host, strict=True):
             t.data = h
+
+
+_PINNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose host copy is pinned
+
+
+def pin_host_tensors(tensors: list[torch.Tensor]) -> int:
+    """Page-lock host tensors' storages in place (cudaHostRegister; no copy, no rounding), so
+    host-to-device copies run by DMA without a staging copy. A storage that cannot be
+    registered stays pageable (copies still work, synchronously). CUDA only; returns the bytes
+    pinned. The registration lasts as long as the process (the host copy is kept for reuse)."""
+    if not torch.cuda.is_available():
+        return 0
+    seen: set[int] = set()
+    pinned = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        if t.device.type != "cpu" or not size or ptr in seen or t.is_pinned():
+            continue
+        seen.add(ptr)
+        try:
+            ok = int(torch.cuda.cudart().cudaHostRegister(ptr, size, 0)) == 0
+        except (AttributeError, RuntimeError):  # pragma: no cover - depends on the build
+            ok = False
+        pinned += size if ok else 0
+    return pinned
