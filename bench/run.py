@@ -97,6 +97,7 @@ VARIANT_KEYS = (  # at the main shape
     "host_syncs_per_step_fusion",
     "host_syncs_per_step_scheduler",
     f"step_{MAIN}_batched_cfg_ms",
+    "batched_cfg_speedup",
     "batched_cfg_rel_err_video",
     "batched_cfg_rel_err_audio",
     "batched_cfg_peak_mem_gib",
@@ -557,9 +558,16 @@ class Bench:
         if self.main_outputs is None:
             self.note(list(VARIANT_KEYS), f"needs the dit section at {MAIN} (--shapes)")
             return
-        self.extra["attention_backend_ms"] = time_attention_backends(
-            self.config.fusion, self.shapes[MAIN], self.clock
-        )
+        table = time_attention_backends(self.config.fusion, self.shapes[MAIN], self.clock)
+        self.extra["attention_backend_ms"] = table
+        cases = {case for timings in table.values() for case in timings}
+        self.extra["attention_fastest"] = {  # per shape: what a per-shape choice would pick
+            case: min(
+                (t[case], name) for name, t in table.items() if isinstance(t.get(case), float)
+            )[1]
+            for case in sorted(cases)
+            if any(isinstance(t.get(case), float) for t in table.values())
+        }
         f, label, fusion = self.figures, MAIN, self.fusion
         ours_v, ours_a = self.main_outputs
         ours_ms = f[f"step_{label}_ours_ms"]
@@ -590,6 +598,7 @@ class Bench:
         with self.clock.peak_memory(f, "batched_cfg_peak_mem_gib"):
             ms, (bv, ba) = self.clock.median(lambda: self.step(label, batch_cfg=True))
         f[f"step_{label}_batched_cfg_ms"] = ms
+        f["batched_cfg_speedup"] = ours_ms / ms  # > 1: batched CFG should be the default here
         f["batched_cfg_rel_err_video"] = rel_err(bv, ours_v)
         f["batched_cfg_rel_err_audio"] = rel_err(ba, ours_a)
         self.say(f"batched CFG {ms:.1f} ms (sequential {ours_ms:.1f} ms)")
