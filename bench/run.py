@@ -506,6 +506,7 @@ class Bench:
         for n, label in enumerate(labels):
             shape = self.shapes[label]
             keys = _shape_keys(label)
+            self.end_clip()  # one clip per shape: no other shape's text K/V in its peak
             try:
                 self._dit_shape(label, shape, first=n == 0)
             except torch.OutOfMemoryError as err:
