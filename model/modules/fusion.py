@@ -33,7 +33,9 @@ fp32, and RoPE angles are float64 with the rotation in float32.
 
 The model has no buffers. RoPE angles and timestep features are computed in each forward from
 the latent grid and the timesteps (once per forward, shared by all blocks; cheap next to one
-block), so a model built on the meta device and loaded with `assign=True` is complete.
+block), so a model built on the meta device and loaded with `assign=True` is complete. Within
+one clip (`FusionModel.clip()` with a `ClipCache` set) the RoPE tables, the embedded texts and
+every layer's text keys/values are computed once and reused by every step (bit-identical).
 
 Fast path (`model/optimize/` applies it to a loaded model; every switch keeps the outputs equal
 to float rounding): `fuse_projections()` on the attentions (one GEMM for self-attention q/k/v,
