@@ -20,8 +20,12 @@ case $which in
   960) plan=lease-960 ;;
   *) echo "error: first argument must be main or 960, got '$which'" >&2; exit 2 ;;
 esac
-out_dir=${2:-${OUT:-bench/.lease/$plan}}
-shift $(( $# < 2 ? $# : 2 ))
+shift $(( $# > 0 ? 1 : 0 ))
+out_dir=${OUT:-bench/.lease/$plan}
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # an OUT_DIR before the bench flags
+  out_dir=$1
+  shift
+fi
 PYTHON=${PYTHON:-python3}
 budget=${BENCH_BUDGET_S:-400}
 mkdir -p "$out_dir" || exit 2
