@@ -149,3 +149,18 @@ def test_worker_gpus_and_redis_urls(capsys: pytest.CaptureFixture[str]) -> None:
         assert err.startswith("error:") and "Traceback" not in err
     assert main(["worker", "--preset", "tiny", "--storage", "s3://"]) == 2
     assert "s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_worker_gpus_give_each_supervised_process_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import server.worker as worker_module
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(
+        worker_module, "run_worker", lambda *a, device=None, **k: seen.append(device)
+    )
+    s = settings_from_args(parse("worker", "--preset", "tiny", "--gpus", "2,5"))
+    for slot in (0, 1):
+        worker_module.worker_process_main(s, f"w{slot}", slot, threading.Event())
+    assert seen == ["cuda:2", "cuda:5"]
