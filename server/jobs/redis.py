@@ -153,7 +153,7 @@ local seq = redis.call('INCR', P..'seq')
 redis.call('HSET', jk, 'seq', seq, unpack(ARGV, 6))
 redis.call('ZADD', P..'queue', tonumber(ARGV[4]) * STRIDE + seq, id)
 if ARGV[5] ~= '' then redis.call('ZADD', P..'deadlines', ARGV[5], id) end
-return 1
+return redis.call('HGETALL', jk)
 """
 
 # ARGV: prefix, now
@@ -501,7 +501,7 @@ class RedisJobStore:
         )
         if not added:
             raise QueueFullError(request_id)
-        return self.get(request_id)
+        return self._job(added)  # as stored: no deadline applied yet, as with SQLite
 
     @_unavailable
     def get(self, request_id: str) -> Job:
