@@ -1,19 +1,26 @@
 """What only the Redis store has (the shared behaviour is `tests/contract`): its URL, a server
 that goes away and comes back (AOF: nothing lost; the API answers 503 + Retry-After meanwhile,
-never a hang or a 500), and the worker riding out the restart."""
+never a hang or a 500), the worker riding out the restart, and two API replicas sharing the
+webhook outbox."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
-from _app import AUTH, make_settings
+from _app import AUTH, finish_next, make_settings, running_app
+from _loopback_http import LoopbackServer, Reply
 
 from server.jobs import NewJob, Outcome, StoreUnavailableError, check_store_url, open_store
 from server.jobs.redis import RedisJobStore, parse_redis_url
 from server.main import create_app
 from server.settings import ServerSettings
+from server.webhooks import verify_webhook
 from tools.services import RedisServer
 
 pytestmark = pytest.mark.skipif(not RedisServer.available(), reason="no redis-server")
@@ -56,8 +63,6 @@ def test_restart_loses_nothing_and_outage_is_a_clear_error(own_redis: RedisServe
         assert store.get(a.id).result == {"ok": 1}
         # A worker's call during a short restart waits for the server instead of failing.
         own_redis.stop()
-        import threading
-
         threading.Timer(1.0, own_redis.start).start()
         assert worker.claim("w").id == b.id
     finally:
@@ -93,3 +98,33 @@ def test_api_answers_503_with_retry_after_while_redis_is_down(
             assert r.status_code in (200, 202) and r.json()["status"] == "IN_QUEUE"
     finally:
         store.close()
+
+
+def test_two_replicas_deliver_each_webhook_once(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Two API apps on one Redis store (each with its maintenance loop and dispatcher) and one
+    shared data dir (the signing key): every webhook arrives exactly once, and verifies."""
+    url = f"{redis_server.url}?prefix=hooks{time.time_ns()}:"
+    settings = make_settings(tmp_path / "shared", job_store=url, url_allowlist=["127.0.0.1"])
+    with LoopbackServer() as receiver, contextlib.ExitStack() as stack:
+        receiver.routes["/hook"] = lambda req: Reply(200)
+        apps = [stack.enter_context(running_app(settings)) for _ in range(2)]
+        hook = urllib.parse.quote(receiver.base + "/hook", safe="")
+        ids = []
+        for n in range(10):
+            client = apps[n % 2][0]
+            r = client.post(f"/queue/fal-ai/ovi?fal_webhook={hook}", json={"prompt": f"{n}"},
+                            headers=AUTH)  # fmt: skip
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["request_id"])
+        store = apps[0][1].state.store
+        for _ in ids:
+            finish_next(store)
+        deadline = time.monotonic() + 20
+        while len(receiver.received) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # a second delivery would come within a maintenance tick or two
+        jwks = apps[1][0].get("/.well-known/jwks.json").json()
+    got = [json.loads(r.body)["request_id"] for r in receiver.received]
+    assert sorted(got) == sorted(ids)  # each exactly once
+    for delivered in receiver.received:
+        verify_webhook(delivered.headers, delivered.body, jwks)  # either replica's key
