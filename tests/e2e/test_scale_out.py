@@ -172,6 +172,9 @@ def test_two_replicas_three_workers_kills_and_a_redis_restart(tmp_path: Path) ->
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+        for replica in replicas:  # all stop at once
+            if replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGTERM)
         workers.stop()
         for replica in replicas:
             replica.stop()
