@@ -718,9 +718,5 @@ class RedisJobStore:
         pending, failed = pipe.execute()
         return {k: int(n) for k, n in (("pending", pending), ("failed", failed)) if n}
 
-    def ping(self) -> None:
-        """Raise `StoreUnavailableError` unless the server answers."""
-        _unavailable(lambda self: self._client.ping())(self)
-
     def close(self) -> None:
         self._client.close()
