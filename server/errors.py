@@ -28,6 +28,7 @@ from server.jobs.errors import (
     JobNotFoundError,
     JobStoreError,
     QueueFullError,
+    StoreUnavailableError,
 )
 
 
@@ -119,6 +120,16 @@ class BackPressureError(
     FalError, status=429, error_type="queue_full", detail="The queue is full; retry later"
 ):
     """The queue is full: both fal clients retry 429 with backoff."""
+
+
+class ServiceUnavailableError(
+    FalError,
+    status=503,
+    error_type="service_unavailable",
+    detail="The job store is unavailable; retry shortly",
+    headers={"Retry-After": "1"},
+):
+    """The job store cannot be reached (a Redis restart): both fal clients retry 503."""
 
 
 class BadRequestError(FalError, status=400, error_type="bad_request", detail="Bad request"):
@@ -242,6 +253,7 @@ STORE_ERRORS: dict[type[JobStoreError], type[FalError]] = {
     JobNotFoundError: RequestNotFoundError,
     JobAlreadyCompletedError: AlreadyCompletedError,
     QueueFullError: BackPressureError,
+    StoreUnavailableError: ServiceUnavailableError,
 }
 
 

@@ -133,10 +133,19 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     output_retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Outputs, uploads and finished jobs live this long."
     )
+    s3_presign: bool = Field(
+        False,
+        description="With s3:// storage, hand out pre-signed URLs on the store instead of"
+        " /files/ URLs served by the API.",
+    )
 
     # --- queue and workers ---
     workers: int = Field(
         1, ge=0, description="Worker processes (one per GPU); 0 = API only, workers run elsewhere."
+    )
+    gpus: StrList = Field(
+        default_factory=list,
+        description="`ovi worker`: GPU indices, one supervised worker process each (e.g. 0,1).",
     )
     max_queue_size: int = Field(1000, ge=1, description="Queued requests before 429.")
     max_attempts: int = Field(
@@ -180,7 +189,9 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     # --- end inputs, storage, webhooks, TLS ---
 
-    @field_validator("trusted_proxies", "cors_origins", "api_keys", "url_allowlist", mode="before")
+    @field_validator(
+        "trusted_proxies", "cors_origins", "api_keys", "url_allowlist", "gpus", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -190,6 +201,14 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.isdigit():
+                raise ValueError(f"gpus are device indices like 0,1,2; not {item!r}")
         return value
 
     @field_validator("trusted_proxies")
@@ -251,7 +270,10 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     @property
     def storage_url(self) -> str:
-        return self.storage or (self.data_dir / "files").absolute().as_uri()
+        url = self.storage or (self.data_dir / "files").absolute().as_uri()
+        if self.s3_presign and url.startswith("s3://") and "presign=" not in url:
+            url += ("&" if "?" in url else "?") + "presign=1"
+        return url
 
     @property
     def tmp_dir(self) -> Path:

@@ -103,7 +103,10 @@ class WorkerSupervisor:
         while not self._stopping.wait(0.25):
             with self._lock:
                 for slot in self._slots:
-                    self._check(slot)
+                    try:
+                        self._check(slot)
+                    except Exception:  # e.g. the job store is unreachable: next tick again
+                        log.exception("supervising worker slot %d failed", slot.index)
 
     def _check(self, slot: _Slot) -> None:
         if self._stopping.is_set():

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from model.sampling import SamplingParams
-from server.jobs import open_store
+from server.jobs import StoreUnavailableError, open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
@@ -190,6 +190,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         total = time.perf_counter() - started
         store.append_log(job.id, f"Done in {total:.1f}s (seed {out.seed})")
         finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
+    except StoreUnavailableError:
+        raise  # not the job's failure: the worker stops, and the job is recovered
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
             store.append_log(job.id, "Cancelled", source="SYSTEM")
@@ -229,6 +231,13 @@ def input_image(job: Job, storage: Storage) -> bytes:
 
 
 # --- the worker loop ----------------------------------------------------------------------------
+
+
+# A worker rides out a store outage this long inside a job (a Redis restart takes about a
+# second); longer, it stops, so its heartbeat ends and the job is recovered. Between jobs it
+# waits for the store with doubling pauses up to MAX_STORE_BACKOFF_S.
+WORKER_STORE_RETRY_S = 30.0
+MAX_STORE_BACKOFF_S = 5.0
 
 
 def load_pipeline(settings: ServerSettings, device: str | None = None) -> Any:
@@ -302,7 +311,7 @@ def run_worker(
     storage default to the ones the settings' URLs name."""
     stop = stop_event or threading.Event()
     own_store, own_storage = store is None, storage is None
-    store = store or open_store(settings.job_store_url)
+    store = store or open_store(settings.job_store_url, retry_s=WORKER_STORE_RETRY_S)
     storage = storage or open_storage(settings.storage_url)
     heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
@@ -333,8 +342,16 @@ def run_worker(
             stopping=stopping,
             on_job=lambda job_id: heartbeat.set(job_id=job_id),
         )
+        backoff = settings.poll_interval_s
         while not stopping():
-            job = store.claim(worker_id)
+            try:
+                job = store.claim(worker_id)
+            except StoreUnavailableError as exc:  # e.g. Redis restarting: wait, then carry on
+                backoff = min(MAX_STORE_BACKOFF_S, backoff * 2)
+                log.warning("worker %s: %s; retrying in %.1fs", worker_id, exc, backoff)
+                stop.wait(backoff)
+                continue
+            backoff = settings.poll_interval_s
             if job is None:
                 stop.wait(settings.poll_interval_s)
                 continue
@@ -361,7 +378,11 @@ def worker_process_main(
         format=f"%(asctime)s %(levelname)s worker[{slot}] %(name)s: %(message)s",
     )
     device = settings.device
-    if settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or ""):
+    if settings.gpus:  # `ovi worker --gpus 0,1`: this slot's GPU
+        device = f"cuda:{settings.gpus[slot]}"
+    elif (
+        settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or "")
+    ):
         device = f"cuda:{slot}"  # one worker per GPU
     try:
         run_worker(settings, worker_id, stop_event=stop_event, device=device)

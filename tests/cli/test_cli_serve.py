@@ -134,3 +134,33 @@ def test_store_and_storage_urls_are_flags(tmp_path: Path) -> None:
     store, files = f"sqlite:///{tmp_path}/q.sqlite3", f"file://{tmp_path}/shared"
     s = settings_from_args(parse("worker", "--job-store", store, "--storage", files))
     assert (s.job_store, s.storage) == (store, files)
+
+
+def test_worker_gpus_and_redis_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    s = settings_from_args(
+        parse("worker", "--gpus", "0,2", "--job-store", "redis://10.0.0.5:6379/0")
+    )
+    assert s.gpus == ["0", "2"] and s.job_store_url == "redis://10.0.0.5:6379/0"
+    for bad in (["--gpus", "cuda:0"], ["--job-store", "redis://10.0.0.5/0"]):
+        assert main(["worker", "--preset", "tiny", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "Traceback" not in err
+    assert main(["worker", "--preset", "tiny", "--storage", "s3://"]) == 2
+    assert "s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_worker_gpus_give_each_supervised_process_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import server.worker as worker_module
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(
+        worker_module, "run_worker", lambda *a, device=None, **k: seen.append(device)
+    )
+    s = settings_from_args(parse("worker", "--preset", "tiny", "--gpus", "2,5"))
+    for slot in (0, 1):
+        worker_module.worker_process_main(s, f"w{slot}", slot, threading.Event())
+    assert seen == ["cuda:2", "cuda:5"]
