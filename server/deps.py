@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -83,11 +84,41 @@ def check_api_key(authorization: str | None, keys: list[str]) -> str:
     return key_user_id(matched)
 
 
-def require_api_key(
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a tenant (its key's id) or, with an admin key, someone who sees all."""
+
+    user_id: str
+    admin: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The owner a request must have to be visible to this caller; None: any."""
+        return None if self.admin else self.user_id
+
+
+def authenticate(authorization: str | None, settings: ServerSettings) -> Caller:
+    """The `Caller` behind an `Authorization` header; `UnauthorizedError` for a bad key."""
+    user_id = check_api_key(authorization, settings.all_api_keys)
+    presented = (authorization or "").strip().partition(" ")[2].strip().encode()
+    admin = False
+    for key in settings.admin_api_keys:  # every one compared, as in check_api_key
+        admin |= hmac.compare_digest(presented, key.encode())
+    return Caller(user_id, admin=admin)
+
+
+def require_caller(
     settings: SettingsDep,
     authorization: Annotated[str | None, Depends(_api_key_header)] = None,
-) -> str:
-    return check_api_key(authorization, settings.api_keys)
+) -> Caller:
+    return authenticate(authorization, settings)
+
+
+CallerDep = Annotated[Caller, Depends(require_caller)]
+
+
+def require_api_key(caller: CallerDep) -> str:
+    return caller.user_id
 
 
 AuthDep = Annotated[str, Depends(require_api_key)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -436,16 +438,33 @@ async def load_image_bytes(url: str, settings: Any, *, storage: Storage | None =
         raise ImageInputError(url, str(e)) from None
 
 
-async def load_image_input(url: str, settings: Any, *, storage: Storage | None = None) -> bytes:
+async def load_image_input(
+    url: str,
+    settings: Any,
+    *,
+    storage: Storage | None = None,
+    slots: asyncio.Semaphore | None = None,
+) -> bytes:
     """Load ``image_url`` (data URI, our stored upload, or http/https) and check it is an image.
 
-    Returns the encoded bytes after ``model.preprocess.load_image`` decoded them successfully.
+    The decode is bounded: the size is read from the header and refused over
+    ``settings.image_max_pixels`` before any pixel is decoded, a larger-than-needed image is
+    reduced to ``settings.image_pixel_budget`` pixels while decoding, and at most as many images
+    decode at once as ``slots`` admits (the download is not held to it). Returns the encoded
+    bytes, or the reduced image as a PNG when it was over the budget (`fit_image_bytes`), so
+    the worker decodes at most the budget again.
     """
     data = await load_image_bytes(url, settings, storage=storage)
-    from model.preprocess import ImageLoadError, load_image  # lazy: keeps torch out of imports
+    from model.preprocess import ImageLoadError, fit_image_bytes  # lazy: keeps torch out
 
+    fit = functools.partial(
+        fit_image_bytes,
+        data,
+        max_pixels=getattr(settings, "image_max_pixels", 16_000_000),
+        pixel_budget=getattr(settings, "image_pixel_budget", 4_194_304),
+    )
     try:
-        await asyncio.get_running_loop().run_in_executor(None, load_image, data)
+        async with slots or contextlib.nullcontext():
+            return await asyncio.get_running_loop().run_in_executor(None, fit)
     except ImageLoadError as e:
         raise ImageInputError(url, f"not a readable image: {e}") from None
-    return data

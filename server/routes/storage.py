@@ -41,7 +41,7 @@ from server.settings import ServerSettings
 from server.storage import (
     Storage,
     StoredFile,
-    new_file_id,
+    owned_file_id,
     sanitize_content_type,
     sanitize_file_name,
 )
@@ -209,7 +209,7 @@ def initiate_upload(
     """Reserve a file URL and hand out a pre-signed, expiring PUT URL for its bytes."""
     content_type = sanitize_content_type(body.content_type)
     name = sanitize_file_name(body.file_name or "upload", content_type)
-    file_id = new_file_id()
+    file_id = owned_file_id(user_id)
     token = signer.sign(
         {
             "purpose": "put",
@@ -281,7 +281,7 @@ def _check_cdn_auth(
     if scheme.lower() == "bearer" and value.strip():
         return str(signer.verify(value.strip(), purpose="cdn").get("sub", "local"))
     try:
-        return check_api_key(authorization, settings.api_keys)
+        return check_api_key(authorization, settings.all_api_keys)
     except UnauthorizedError:
         raise UnauthorizedError(
             "Missing or invalid upload token: send `Authorization: Bearer <token>` from"
@@ -301,9 +301,11 @@ async def cdn_upload(
     x_fal_file_name: Annotated[str | None, Header()] = None,
 ) -> UploadOutput:
     """Store the raw body (fal's v3 CDN upload); answer its URL."""
-    _check_cdn_auth(authorization, settings, signer)
+    user_id = _check_cdn_auth(authorization, settings, signer)
     data = await read_body_capped(request, settings.upload_max_bytes)
-    stored = await save_upload(storage, data, content_type, x_fal_file_name or "upload")
+    stored = await save_upload(
+        storage, data, content_type, x_fal_file_name or "upload", owned_file_id(user_id)
+    )
     return UploadOutput(access_url=absolute_url(stored.url, base))
 
 
