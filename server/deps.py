@@ -117,6 +117,31 @@ def require_caller(
 CallerDep = Annotated[Caller, Depends(require_caller)]
 
 
+def optional_caller(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Depends(_api_key_header)] = None,
+) -> Caller | None:
+    """The caller when the request carries a valid key (or no keys are configured), else None:
+    for answers with a public part and details for key holders only (`/health`)."""
+    if not settings.all_api_keys:
+        return Caller("local")
+    try:
+        return authenticate(authorization, settings)
+    except UnauthorizedError:
+        return None
+
+
+OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
+
+# What `/health` tells a caller without a key: the state and the queue sizes, nothing that names
+# a host, a process, a worker or a request.
+PUBLIC_HEALTH_FIELDS = ("status", "queue")
+
+
+def public_health(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k in PUBLIC_HEALTH_FIELDS}
+
+
 def require_api_key(caller: CallerDep) -> str:
     return caller.user_id
 

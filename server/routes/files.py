@@ -68,7 +68,8 @@ def _validators(stored: StoredFile) -> tuple[str, str]:
     responses={
         200: {"content": {"video/mp4": {}, "application/octet-stream": {}}},
         206: {"description": "Partial content (Range request)."},
-        404: {"description": "No such file (or it expired)."},
+        401: {"description": "`files_require_key` is on and no valid key was sent."},
+        404: {"description": "No such file (or it expired, or another tenant's)."},
         416: {"description": "The range starts past the end of the file."},
     },
     summary="Download a stored file",

@@ -8,7 +8,7 @@ from anyio import to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from server.deps import SettingsDep, StoreDep
+from server.deps import OptionalCallerDep, SettingsDep, StoreDep, public_health
 from server.schemas import HealthStatus
 
 router = APIRouter(tags=["health"])
@@ -20,9 +20,10 @@ router = APIRouter(tags=["health"])
     responses={503: {"model": HealthStatus, "description": "No worker is ready yet."}},
     summary="Readiness",
 )
-async def health(settings: SettingsDep, store: StoreDep) -> JSONResponse:
+async def health(settings: SettingsDep, store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
     """200 `ready` once a live worker has loaded the model; 503 `warming` before (workers
-    report by heartbeat, so remote workers count too). Also lists workers and queue sizes."""
+    report by heartbeat, so remote workers count too). Without a valid key only the state and
+    the queue sizes; with one also the model and the workers (hosts, pids, job ids)."""
 
     def read() -> tuple[list, dict[str, int]]:
         return store.workers(), store.counts()
@@ -40,4 +41,6 @@ async def health(settings: SettingsDep, store: StoreDep) -> JSONResponse:
             "in_progress": counts.get("IN_PROGRESS", 0),
         },
     }
+    if caller is None:
+        body = public_health(body)
     return JSONResponse(body, status_code=200 if ready else 503)

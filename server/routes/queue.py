@@ -48,8 +48,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": RequestError, "description": "Unknown request id."},
 }
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": RequestError,
+        "description": "Body is not JSON, or a bad X-Fal-Request-Timeout/Priority header.",
+    },
+    408: {"model": RequestError, "description": "The body stalled (`body_read_timeout_s`)."},
+    413: {"model": RequestError, "description": "Body larger than the API's cap."},
     422: {"model": ValidationErrorBody, "description": "Invalid input or unusable image_url."},
-    429: {"model": RequestError, "description": "The queue is full; retry later."},
+    429: {
+        "model": RequestError,
+        "description": "The queue is full; retry after `Retry-After` seconds.",
+    },
 }
 
 router = APIRouter(
