@@ -37,7 +37,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -48,9 +48,10 @@ def _rss_mib(pid: int) -> float:
 class Server:
     """`ovi serve --workers 0` in a child process, on a free loopback port."""
 
-    def __init__(self, data_dir: Path, max_queue_size: int = 10_000) -> None:
+    def __init__(self, data_dir: Path, **settings: str) -> None:
         self.port = _free_port()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OVI_MAX_QUEUE_SIZE": str(max_queue_size)}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OVI_MAX_QUEUE_SIZE": "10000"}
+        env.update({f"OVI_{name.upper()}": value for name, value in settings.items()})
         cmd = [sys.executable, "-m", "cli", "serve", "--preset", "tiny", "--workers", "0"]
         cmd += ["--port", str(self.port), "--data-dir", str(data_dir), "--api-key", KEY]
         cmd += ["--log-level", "warning"]
@@ -134,11 +135,11 @@ def bench_image(n: int, side: int) -> None:
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], _rss_mib(server.proc.pid))
+                peak[0] = max(peak[0], rss_mib(server.proc.pid))
                 time.sleep(0.01)
 
         try:
-            idle = _rss_mib(server.proc.pid)
+            idle = rss_mib(server.proc.pid)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             bodies = [{"prompt": "p", "image_url": uri} for _ in range(n)]

@@ -116,7 +116,8 @@ class BodyTimeoutMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
             except asyncio.TimeoutError:  # FastAPI re-raises HTTPException as is
-                raise HTTPException(408, BODY_TIMEOUT.format(self.timeout_s)) from None
+                detail = BODY_TIMEOUT.format(self.timeout_s)
+                raise HTTPException(408, detail, headers={"Connection": "close"}) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
