@@ -99,13 +99,22 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_submit(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp))
         try:
             asyncio.run(_submits(server.url, [{"prompt": "warm-up"}] * 5, "/queue/fal-ai/ovi"))
             bodies = [{"prompt": f"burst {i}"} for i in range(n)]
+            cpu0, wall0 = cpu_s(server.proc.pid), time.perf_counter()
             times, codes = asyncio.run(_submits(server.url, bodies, "/queue/fal-ai/ovi"))
+            cpu, wall = cpu_s(server.proc.pid) - cpu0, time.perf_counter() - wall0
         finally:
             server.stop()
     ok = sum(c == 200 for c in codes)
@@ -113,6 +122,10 @@ def bench_submit(n: int) -> None:
     print(
         f"  latency p50 {_pct(times, 0.5) * 1000:.0f} ms, p99 {_pct(times, 0.99) * 1000:.0f} ms,"
         f" max {max(times) * 1000:.0f} ms, mean {statistics.mean(times) * 1000:.0f} ms"
+    )
+    print(
+        f"  server CPU {cpu * 1000 / n:.1f} ms per submit ({cpu:.2f} s over {wall:.2f} s wall;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     )
 
 

@@ -238,8 +238,11 @@ class SqliteJobStore:
         deadline = now + job.start_timeout_s if job.start_timeout_s else None
         gateway_id = str(uuid.uuid4()) if job.webhook_url else None
         with self._tx() as c:
-            if max_queue_size is not None:
-                waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (_WAITING,))
+            if max_queue_size is not None:  # counts at most max_queue_size index entries
+                waiting = c.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status=? LIMIT ?)",
+                    (_WAITING, max_queue_size),
+                )
                 if waiting.fetchone()[0] >= max_queue_size:
                     raise QueueFullError(request_id)
             c.execute(
@@ -279,16 +282,14 @@ class SqliteJobStore:
         return job
 
     def queue_position(self, request_id: str) -> int | None:
-        rows = self._read(
-            "SELECT COUNT(*) FROM jobs AS ahead, jobs AS me WHERE me.id=? AND me.status=?"
-            " AND ahead.status=? AND (ahead.priority<me.priority"
-            " OR (ahead.priority=me.priority AND ahead.seq<me.seq))",
-            (request_id, _WAITING, _WAITING),
+        rows = self._read(  # one read: None unless the job is waiting, else the count ahead
+            "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status=me.status"
+            " AND (ahead.priority<me.priority"
+            " OR (ahead.priority=me.priority AND ahead.seq<me.seq)))"
+            " FROM jobs AS me WHERE me.id=? AND me.status=?",
+            (request_id, _WAITING),
         )
-        me = self._read("SELECT status FROM jobs WHERE id=?", (request_id,))
-        if not me or me[0]["status"] != _WAITING:
-            return None
-        return int(rows[0][0])
+        return int(rows[0][0]) if rows else None
 
     def logs(self, request_id: str, *, since: int = 0) -> list[LogEntry]:
         rows = self._read(
