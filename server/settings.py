@@ -281,7 +281,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     @model_validator(mode="after")
     def _check_tls_pair(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
+            raise ValueError(
+                "--tls-cert and --tls-key (tls_cert, tls_key) go together: give both, e.g."
+                " --tls-cert tls/server.pem --tls-key tls/server-key.pem after"
+                " `ovi tls init tls`, or neither to serve plain http"
+            )
         return self
 
     @classmethod
