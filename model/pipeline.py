@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checks import check_device, check_request
 from .convert.fusion import load_fusion, random_fusion_state
 from .convert.mmaudio import (
     load_audio_vae,
@@ -60,7 +61,6 @@ from .preprocess import (
     preprocess_image,
     snap_hw_to_multiple_of_32,
 )
-from .checks import check_device, check_request
 from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, get_preset
 from .sampling import MAX_SEED, SamplingParams
 from .schedulers import make_scheduler
