@@ -37,7 +37,22 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     net.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     net.add_argument("--public-base-url", help="base of the URLs handed out to clients")
     net.add_argument(
-        "--api-key", dest="api_keys", action="append", help="accepted key (repeatable)"
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        help="accepted key (repeatable); each key is a tenant that sees only its own requests",
+    )
+    net.add_argument(
+        "--admin-api-key",
+        dest="admin_api_keys",
+        action="append",
+        help="key that sees every tenant's requests and /health details (repeatable)",
+    )
+    net.add_argument(
+        "--files-require-key",
+        action="store_true",
+        default=None,
+        help="serve /files only to the owner's key (default: the URL is the capability)",
     )
     net.add_argument(
         "--allow-unauthenticated",

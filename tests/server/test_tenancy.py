@@ -176,6 +176,8 @@ def test_every_error_answer_has_an_error_type_and_a_request_id(tmp_path: Path) -
                 or (r.status_code == 422 and body["detail"][0]["type"])
             ), name
         assert answers["429 queue full"].headers["retry-after"] == "7"
+        warming = client.get("/health")  # no worker: 503
+        assert warming.status_code == 503 and warming.headers["retry-after"] == "7"
         assert answers["400 invalid utf-8"].json()["error_type"] == "bad_request"
         assert answers["404 unknown id"].headers["x-fal-request-id"] == "nope"
 
