@@ -1,6 +1,9 @@
 """Shared route dependencies as `Annotated` aliases: settings, store, storage, the request
 service, auth, URLs and submit options.
 
+They are `async def` although none awaits: FastAPI runs a plain `def` dependency in a worker
+thread, and a submit resolves about a dozen of them (40 thread hops per request, measured).
+
 Everything lives on `app.state` (made by the lifespan in `server.main`), so tests build an app
 with their own settings or store and nothing is a module-level singleton.
 """
@@ -24,19 +27,19 @@ from server.settings import ServerSettings
 from server.storage import Storage
 
 
-def get_app_settings(request: Request) -> ServerSettings:
+async def get_app_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
@@ -107,7 +110,7 @@ def authenticate(authorization: str | None, settings: ServerSettings) -> Caller:
     return Caller(user_id, admin=admin)
 
 
-def require_caller(
+async def require_caller(
     settings: SettingsDep,
     authorization: Annotated[str | None, Depends(_api_key_header)] = None,
 ) -> Caller:
@@ -117,7 +120,7 @@ def require_caller(
 CallerDep = Annotated[Caller, Depends(require_caller)]
 
 
-def optional_caller(
+async def optional_caller(
     settings: SettingsDep,
     authorization: Annotated[str | None, Depends(_api_key_header)] = None,
 ) -> Caller | None:
@@ -142,7 +145,7 @@ def public_health(body: dict) -> dict:
     return {k: v for k, v in body.items() if k in PUBLIC_HEALTH_FIELDS}
 
 
-def require_api_key(caller: CallerDep) -> str:
+async def require_api_key(caller: CallerDep) -> str:
     return caller.user_id
 
 
@@ -191,11 +194,11 @@ def queue_base_url(request: Request, settings: ServerSettings) -> str:
     return base + "/queue"
 
 
-def get_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_base_url(request: Request, settings: SettingsDep) -> str:
     return base_url(request, settings)
 
 
-def get_queue_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_queue_base_url(request: Request, settings: SettingsDep) -> str:
     return queue_base_url(request, settings)
 
 
@@ -206,7 +209,7 @@ QueueBaseUrlDep = Annotated[str, Depends(get_queue_base_url)]
 # --- submit options (query and headers fal's clients send) ---
 
 
-def get_submit_options(
+async def get_submit_options(
     fal_webhook: Annotated[
         str | None, Query(description="URL to POST the result to when the request completes.")
     ] = None,
@@ -239,7 +242,9 @@ def get_submit_options(
 SubmitOptionsDep = Annotated[SubmitOptions, Depends(get_submit_options)]
 
 
-def get_submission(options: SubmitOptionsDep, user_id: AuthDep, base: BaseUrlDep) -> Submission:
+async def get_submission(
+    options: SubmitOptionsDep, user_id: AuthDep, base: BaseUrlDep
+) -> Submission:
     return Submission(options=options, user_id=user_id, base_url=base)
 
 

@@ -117,7 +117,7 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def get_signer(request: Request, settings: SettingsDep) -> UploadSigner:
+async def get_signer(request: Request, settings: SettingsDep) -> UploadSigner:
     """One signer per app, made on first use (nothing at import)."""
     signer = getattr(request.app.state, "upload_signer", None)
     if signer is None:
