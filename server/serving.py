@@ -176,7 +176,11 @@ class Serving:
         image = None
         if isinstance(body, OviImageToVideoInput):
             image = await load_image_input(
-                body.image_url, settings, storage=self.storage, slots=self.decode_slots
+                body.image_url,
+                settings,
+                storage=self.storage,
+                slots=self.decode_slots,
+                owner=submission.user_id if settings.files_require_key else None,
             )
         input_files: dict[str, str] = {}
         if image is not None:

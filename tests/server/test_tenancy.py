@@ -4,6 +4,7 @@ key names nothing, single-use upload URLs, webhook hosts checked at submit, and 
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from _app import RESULT, finish_next, make_settings, running_app, store_of
+from PIL import Image
 
 from server.jobs.sqlite import SqliteJobStore
 
@@ -74,6 +76,15 @@ def test_files_need_the_owners_key_when_required(tmp_path: Path) -> None:
         assert client.get(url, headers=AUTH_B).status_code == 404
         refused = client.get(url)
         assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+        # nor can another key use it as its image_url
+        png = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(png, format="PNG")
+        image_url = client.post("/files/upload", content=png.getvalue(), headers=AUTH_A).json()
+        body = {"prompt": "a", "image_url": image_url["access_url"]}
+        i2v = APP + "/image-to-video"
+        theirs = client.post(i2v, json=body, headers=AUTH_B)
+        assert theirs.status_code == 422 and "another key's" in theirs.text
+        assert client.post(i2v, json=body, headers=AUTH_A).status_code == 200
     with _tenants(tmp_path) as (client, _):  # default: the URL is the capability
         assert client.get(url).content == b"GIF89a"
 
