@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cli import UsageError
-from cli.clips import add_output_flags, load, read_image, save
-from cli.flags import add_model_flags, add_sampling_flags, sampling_overrides
+from cli.clips import add_output_flags, check_before_loading, load, read_image, save
+from cli.flags import add_model_flags, add_sampling_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,11 @@ def read_prompt_table(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise UsageError(f"prompt file not found: {path}")
     text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise UsageError(
+            f"{path} is empty: it needs a header row with a text_prompt column (optional:"
+            " image_path), then one row per clip"
+        )
     dialect = (
         "excel-tab" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else "excel"
     )
@@ -45,6 +50,26 @@ def read_prompt_table(path: Path) -> list[dict[str, str]]:
         if not (row.get("text_prompt") or "").strip():
             raise UsageError(f"{path}: row {i + 1} has an empty text_prompt")
     return rows
+
+
+def image_paths(rows: list[dict[str, str]], table: Path) -> dict[int, Path]:
+    """Row index -> its image (relative paths are relative to the table's folder); a missing
+    file is a `UsageError` naming the row, so the batch stops before the model is built."""
+    paths: dict[int, Path] = {}
+    for i, row in enumerate(rows):
+        image_path = (row.get("image_path") or "").strip()
+        if not image_path:
+            continue
+        resolved = Path(image_path)
+        if not resolved.is_absolute():
+            resolved = table.parent / resolved
+        if not resolved.is_file():
+            raise UsageError(
+                f"{table}: row {i + 1}: image not found: {resolved} (image_path is relative to"
+                " the table's folder); fix the path or empty the cell for text-to-video"
+            )
+        paths[i] = resolved
+    return paths
 
 
 def _done_items(log_path: Path) -> set[str]:
@@ -65,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
     rows = read_prompt_table(args.prompts)
     if args.repeats < 1:
-        raise UsageError("--repeats must be >= 1")
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    images = image_paths(rows, args.prompts)
+    params = check_before_loading(args, [row["text_prompt"] for row in rows])
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "results.jsonl"
@@ -76,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
     pipe = load(args)
-    params = pipe.preset.sampling.replace(**sampling_overrides(args))
     failures = 0
     with (
         tqdm(total=len(todo) * params.steps, unit="step", desc="batch") as bar,
@@ -85,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
         for r, k in todo:
             row, item = rows[r], f"{r:04d}_{k}"
             path = out_dir / f"{item}.mp4"
-            image_path = (row.get("image_path") or "").strip()
             record: dict[str, Any] = {
                 "item": item, "row": r, "repeat": k, "prompt": row["text_prompt"]
             }  # fmt: skip
@@ -93,12 +118,9 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             try:
                 image = None
-                if image_path:
-                    resolved = Path(image_path)
-                    if not resolved.is_absolute():
-                        resolved = args.prompts.parent / resolved
-                    record["image_path"] = str(resolved)
-                    image = read_image(resolved)
+                if r in images:
+                    record["image_path"] = str(images[r])
+                    image = read_image(images[r])
                 seed = None if params.seed is None else params.seed + r * args.repeats + k
                 out = pipe(
                     row["text_prompt"],
@@ -114,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             except (UsageError, ValueError) as exc:  # a bad row fails alone; the batch goes on
                 failures += 1
                 record.update(status="error", error=str(exc))
+                tqdm.write(f"error: row {r + 1} ({item}): {exc}")
                 bar.update(base + params.steps - bar.n)
             record["seconds"] = round(time.perf_counter() - started, 3)
             log_file.write(json.dumps(record) + "\n")

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import UsageError
-from cli.flags import model_source, runtime_options
+from cli.flags import model_source, runtime_options, sampling_overrides
 
 if TYPE_CHECKING:
     from model.pipeline import OviOutput, OviPipeline
+    from model.sampling import SamplingParams
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,22 @@ def load(args: argparse.Namespace) -> OviPipeline:
     from model.pipeline import load_pipeline
 
     return load_pipeline(model_source(args), runtime_options(args))
+
+
+def check_before_loading(args: argparse.Namespace, prompts: list[str]) -> SamplingParams:
+    """Everything a run can refuse without the model, refused before it is built (the same
+    checks the pipeline makes, `model.pipeline.check_request`): the runtime options and the
+    device, the sampling parameters and each prompt. Returns the sampling parameters."""
+    from model.checks import check_device, check_request
+    from model.presets import get_preset
+
+    runtime = runtime_options(args)
+    check_device(runtime.device)
+    preset = get_preset(model_source(args).name)
+    params = preset.sampling.replace(**sampling_overrides(args))
+    for prompt in prompts:
+        check_request(preset, prompt, params)
+    return params
 
 
 def read_image(path: Path) -> Any:

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from cli import UsageError
-from cli.clips import add_output_flags, load, read_image, save, summary
-from cli.flags import add_model_flags, add_sampling_flags, sampling_overrides
+from cli.clips import add_output_flags, check_before_loading, load, read_image, save, summary
+from cli.flags import add_model_flags, add_sampling_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".mp4":
         raise UsageError(f"--out must end in .mp4, got {args.out}")
+    params = check_before_loading(args, [args.prompt])
     image = read_image(args.image) if args.image else None
     started = time.perf_counter()
     pipe = load(args)
-    params = pipe.preset.sampling.replace(**sampling_overrides(args))
     with tqdm(total=params.steps, unit="step", desc="denoise") as bar:
         out = pipe(
             args.prompt, image, params=params, callback=lambda info: bar.update(info.step - bar.n)

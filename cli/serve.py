@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli import UsageError
 from cli.flags import add_model_flags
 
 if TYPE_CHECKING:
@@ -36,7 +37,22 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     net.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     net.add_argument("--public-base-url", help="base of the URLs handed out to clients")
     net.add_argument(
-        "--api-key", dest="api_keys", action="append", help="accepted key (repeatable)"
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        help="accepted key (repeatable); each key is a tenant that sees only its own requests",
+    )
+    net.add_argument(
+        "--admin-api-key",
+        dest="admin_api_keys",
+        action="append",
+        help="key that sees every tenant's requests and /health details (repeatable)",
+    )
+    net.add_argument(
+        "--files-require-key",
+        action="store_true",
+        default=None,
+        help="serve /files only to the owner's key (default: the URL is the capability)",
     )
     net.add_argument(
         "--allow-unauthenticated",
@@ -53,6 +69,35 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
     overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
     return load_settings(config_file=args.config, **overrides)
+
+
+def check_deployment(settings: ServerSettings) -> None:
+    """Refuse, before anything starts, what would otherwise fail as a traceback at startup:
+    a data dir that cannot be written, TLS files that are not there, a CUDA device torch
+    cannot use (when this process starts workers)."""
+    import tempfile
+
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"--data-dir {data_dir} is not writable ({e.strerror or e}): pass a folder this user"
+            " can write with --data-dir (or OVI_DATA_DIR)"
+        ) from None
+    for flag, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if path is not None and not path.is_file():
+            raise UsageError(
+                f"{flag} {path}: no such file; make a local CA and certificate with"
+                " `ovi tls init tls` (then --tls-cert tls/server.pem --tls-key"
+                " tls/server-key.pem), or leave both out to serve plain http"
+            )
+    if settings.workers > 0:
+        from model.checks import check_device
+
+        check_device(settings.runtime.device)
 
 
 def check_weights(settings: ServerSettings) -> None:
@@ -81,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     settings.check_bind_policy()  # ValueError -> "error: ..." from the CLI
+    check_deployment(settings)
     if settings.workers > 0:
         check_weights(settings)
     scheme = "https" if settings.tls_cert else "http"

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checks import check_device, check_request
 from .convert.fusion import load_fusion, random_fusion_state
 from .convert.mmaudio import (
     load_audio_vae,
@@ -176,6 +177,7 @@ def _plan(
     """`runtime` with the keyword `options` applied and its device decided (`default_device`, else
     CUDA when present), the device, and the fast-path plan (`transforms`, else resolved)."""
     runtime = (runtime or RuntimeOptions()).replace(**options)
+    check_device(runtime.device)
     device = torch.device(runtime.device or default_device or _default_device())
     runtime = runtime.replace(device=str(device))
     config = transforms if transforms is not None else resolve_fast_path(runtime, device)
@@ -352,9 +354,7 @@ class OviPipeline:
 
     def check_inputs(self, prompt: str, params: SamplingParams) -> None:
         """Raise ValueError naming the first bad value."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
-        params.check(self.preset.config.fusion.video.num_layers)
+        check_request(self.preset, prompt, params)
 
     def resolve_size(self, image: Image.Image | None, params: SamplingParams) -> tuple[int, int]:
         """(H, W) in pixels: i2v from the image's aspect ratio, t2v from the requested size."""

@@ -179,19 +179,24 @@ class RangeNotSatisfiableError(FalError, status=416, error_type="range_not_satis
         super().__init__(headers={"Content-Range": f"bytes */{size}"})
 
 
+# error_type of Starlette's and FastAPI's own refusals, by status.
+PLAIN_ERROR_TYPES = {
+    400: "bad_request",  # e.g. a body that is not JSON (invalid UTF-8, nesting too deep)
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_body_timeout",
+    413: "request_too_large",
+}
+
+
 class PlainHTTPError(FalError):
-    """Starlette's own refusals (404 for an unknown path, 405, ...), answered as Starlette does:
-    `{"detail": ...}` and the exception's headers."""
+    """Starlette's own refusals (404 for an unknown path, 405, a body that is not JSON, ...):
+    their `detail` and headers, plus an `error_type` like every other error answer."""
 
     def __init__(self, status_code: int, detail: Any, headers: dict[str, str] | None) -> None:
         self.status_code = status_code
+        self.error_type = PLAIN_ERROR_TYPES.get(status_code, "http_error")
         super().__init__(detail, headers=headers)
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail}
-
-    def headers(self) -> dict[str, str]:
-        return dict(self.extra_headers)
 
 
 class JobFailedError(FalError):

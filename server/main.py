@@ -28,6 +28,7 @@ from server.maintenance import Maintenance
 from server.middleware import add_middleware
 from server.routes import files, health, queue, sync, webhooks
 from server.routes import storage as uploads
+from server.schemas import RequestError
 from server.serving import Serving
 from server.settings import ServerSettings, get_settings
 from server.storage import Storage, open_storage
@@ -44,6 +45,12 @@ Point fal's clients at this server: `FAL_RUN_HOST=<host:port>`,
 Apps: `fal-ai/ovi` (text-to-video) and `fal-ai/ovi/image-to-video`. Send
 `Authorization: Key <key>`.
 """
+
+# What any route may answer besides its own (every error answer carries `error_type` and
+# `x-fal-request-id`).
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    500: {"model": RequestError, "description": "Unexpected server error (logged)."},
+}
 
 # Everything a request may raise that is answered on purpose; the rest is a logged 500.
 REFUSALS: tuple[type[Exception], ...] = (
@@ -134,6 +141,6 @@ def create_app(
         webhooks.router,
     ]
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=COMMON_RESPONSES)
     add_middleware(app, settings)
     return app

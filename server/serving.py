@@ -27,7 +27,15 @@ from server.errors import (
     RequestInProgressError,
 )
 from server.fetch import UrlPolicy, load_image_input
-from server.jobs import Job, JobAlreadyCompletedError, JobError, JobStatus, JobStore, NewJob
+from server.jobs import (
+    Job,
+    JobAlreadyCompletedError,
+    JobError,
+    JobNotFoundError,
+    JobStatus,
+    JobStore,
+    NewJob,
+)
 from server.jobs.base import CANCELLED, Priority
 from server.schemas import QUEUE_APP, OviImageToVideoInput
 from server.settings import ServerSettings
@@ -135,13 +143,24 @@ class Serving:
         self.settings = settings
         self.store = store
         self.storage = storage
+        # Images decoded at once: the decode pool's bound (waiting ones hold only their bytes).
+        self.decode_slots = asyncio.Semaphore(settings.image_decode_concurrency)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store or storage call, off the event loop."""
         return await to_thread.run_sync(fn, *args)
 
-    async def get(self, request_id: str) -> Job:
-        return await self._call(self.store.get, request_id)
+    def _visible(self, request_id: str, owner: str | None, *, with_input: bool = False) -> Job:
+        """The job if `owner` (None: anyone, for admins) submitted it; else `JobNotFoundError`,
+        exactly as for an unknown id, so another tenant learns nothing. Blocking."""
+        job = self.store.get(request_id, with_input=with_input)
+        if owner is not None and job.user_id != owner:
+            raise JobNotFoundError(request_id)
+        return job
+
+    async def get(self, request_id: str, owner: str | None = None) -> Job:
+        """The job (without its input) as `owner` may see it."""
+        return await self._call(self._visible, request_id, owner)
 
     # --- submit ---
 
@@ -152,16 +171,17 @@ class Serving:
         enters the queue; it is saved to the storage and the job keeps its key.
         """
         settings, options = self.settings, submission.options
+        if options.webhook_url:
+            await self._check_webhook(options.webhook_url)
         image = None
         if isinstance(body, OviImageToVideoInput):
-            image = await load_image_input(body.image_url, settings, storage=self.storage)
-        if options.webhook_url:
-            try:
-                check_webhook_url(options.webhook_url, UrlPolicy.from_settings(settings))
-            except ValueError as e:
-                raise InputValidationError.for_field(
-                    "fal_webhook", str(e), location="query"
-                ) from None
+            image = await load_image_input(
+                body.image_url,
+                settings,
+                storage=self.storage,
+                slots=self.decode_slots,
+                owner=submission.user_id if settings.files_require_key else None,
+            )
         input_files: dict[str, str] = {}
         if image is not None:
             saved = await self._call(
@@ -189,6 +209,24 @@ class Serving:
                 await self._call(self.storage.delete, key)
             raise
 
+    async def _check_webhook(self, url: str) -> None:
+        """Refuse a `fal_webhook` that can never be delivered: its host is resolved now (within
+        `fetch_connect_timeout_s`), so `localhost`, `2130706433` or a name pointing inside are
+        a 422 at submit, not two hours of refused deliveries."""
+        policy = UrlPolicy.from_settings(self.settings)
+        timeout = self.settings.fetch_connect_timeout_s
+        loop = asyncio.get_running_loop()
+        check = loop.run_in_executor(None, lambda: check_webhook_url(url, policy, resolve=True))
+        try:
+            await asyncio.wait_for(check, timeout)
+        except ValueError as e:
+            reason = str(e)
+        except asyncio.TimeoutError:
+            reason = f"invalid webhook URL: its host did not resolve within {timeout:g} s"
+        else:
+            return
+        raise InputValidationError.for_field("fal_webhook", reason, location="query")
+
     async def submitted(self, job: Job, queue_base: str) -> dict[str, Any]:
         """The queue's answer to a submit."""
         position = await self._call(self.store.queue_position, job.id)
@@ -207,13 +245,13 @@ class Serving:
     # --- status ---
 
     def status_snapshot(
-        self, request_id: str, queue_base: str, *, with_logs: bool
+        self, request_id: str, queue_base: str, *, with_logs: bool, owner: str | None = None
     ) -> tuple[Job, dict[str, Any]]:
-        """One consistent status body (the job re-read if it left the queue between two reads).
-        Blocking: call it from a thread."""
+        """One consistent status body (the job re-read if it left the queue between two reads);
+        the stored input is not read. Blocking: call it from a thread."""
         store = self.store
         for _ in range(3):
-            job = store.get(request_id)
+            job = self._visible(request_id, owner)
             position = (
                 store.queue_position(request_id) if job.status is JobStatus.IN_QUEUE else None
             )
@@ -234,14 +272,20 @@ class Serving:
         return job, body
 
     async def status(
-        self, request_id: str, queue_base: str, *, with_logs: bool
+        self, request_id: str, queue_base: str, *, with_logs: bool, owner: str | None = None
     ) -> tuple[Job, dict[str, Any]]:
         return await to_thread.run_sync(
-            lambda: self.status_snapshot(request_id, queue_base, with_logs=with_logs)
+            lambda: self.status_snapshot(request_id, queue_base, with_logs=with_logs, owner=owner)
         )
 
     async def status_events(
-        self, request_id: str, queue_base: str, *, with_logs: bool, disconnected: Disconnected
+        self,
+        request_id: str,
+        queue_base: str,
+        *,
+        with_logs: bool,
+        disconnected: Disconnected,
+        owner: str | None = None,
     ) -> AsyncIterator[str]:
         """Server-sent events: one status object per `data:` line whenever it changes, a `: ping`
         comment when quiet, until COMPLETED or the client leaves (checked every poll interval).
@@ -251,7 +295,9 @@ class Serving:
         settings = self.settings
 
         def snapshot(sent_logs: int) -> tuple[Job, dict[str, Any], list[dict[str, str]]]:
-            current, body = self.status_snapshot(request_id, queue_base, with_logs=False)
+            current, body = self.status_snapshot(
+                request_id, queue_base, with_logs=False, owner=owner
+            )
             entries = self.store.logs(request_id, since=sent_logs) if with_logs else []
             return current, body, [e.to_dict() for e in entries]  # logs after status: none lost
 
@@ -278,16 +324,23 @@ class Serving:
 
     # --- result and cancel ---
 
-    async def result(self, request_id: str, base: str) -> tuple[Job, dict[str, Any]]:
+    async def result(
+        self, request_id: str, base: str, owner: str | None = None
+    ) -> tuple[Job, dict[str, Any]]:
         """The output once COMPLETED; 400 before; a failed request raises its stored error."""
-        job = await self.get(request_id)
+        job = await self.get(request_id, owner)
         if not job.done:
             raise RequestInProgressError(request_id=job.id)
         return job, job_output(job, base)
 
-    async def cancel(self, request_id: str) -> Job:
+    async def cancel(self, request_id: str, owner: str | None = None) -> Job:
         """A queued job completes as cancelled; a running one stops between denoising steps."""
-        return await self._call(self.store.cancel, request_id)
+
+        def cancel() -> Job:
+            self._visible(request_id, owner)
+            return self.store.cancel(request_id)
+
+        return await self._call(cancel)
 
     # --- sync API ---
 

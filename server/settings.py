@@ -114,6 +114,16 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     allow_unauthenticated: bool = Field(
         False, description="Allow binding a non-loopback host with no API keys configured."
     )
+    admin_api_keys: StrList = Field(
+        default_factory=list,
+        description="Keys that see every tenant's requests and the /health details (each API"
+        " key is a tenant: it sees only the requests it submitted).",
+    )
+    files_require_key: bool = Field(
+        False,
+        description="Serve /files only to the owner's key (or an admin key); default: a file"
+        " URL is an unguessable capability, readable without a key.",
+    )
 
     # --- data ---
     data_dir: Path = Field(
@@ -187,10 +197,39 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     webhook_max_delay_s: float = Field(3600.0, gt=0, description="Cap on one retry wait.")
     webhook_timeout_s: float = Field(15.0, gt=0, description="Per-delivery HTTP timeout.")
 
+    # --- bounded request costs ---
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (then 408)."
+    )
+    image_max_pixels: int = Field(
+        16_000_000,
+        gt=0,
+        description="Largest image_url accepted (width x height, read from the header before"
+        " any pixel is decoded).",
+    )
+    image_pixel_budget: int = Field(
+        4_194_304,
+        gt=0,
+        description="Decoded size of an image_url: larger images are reduced while decoding"
+        " (JPEG draft) or right after (integer box reduce) to at most this many pixels.",
+    )
+    image_decode_concurrency: int = Field(
+        2, ge=1, description="Images decoded at once in the API process (the rest wait)."
+    )
+    retry_after_s: int = Field(
+        5, ge=1, description="`Retry-After` seconds on 429 (queue full) and 503 answers."
+    )
+
     # --- end inputs, storage, webhooks, TLS ---
 
     @field_validator(
-        "trusted_proxies", "cors_origins", "api_keys", "url_allowlist", "gpus", mode="before"
+        "trusted_proxies",
+        "cors_origins",
+        "api_keys",
+        "admin_api_keys",
+        "url_allowlist",
+        "gpus",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -209,6 +248,17 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
         for item in value:
             if not item.isdigit():
                 raise ValueError(f"gpus are device indices like 0,1,2; not {item!r}")
+        return value
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not key.strip():
+                raise ValueError(
+                    "an API key is empty (an unset shell variable?): give --api-key a value,"
+                    " or leave it out to serve loopback without keys"
+                )
         return value
 
     @field_validator("trusted_proxies")
@@ -249,7 +299,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     @model_validator(mode="after")
     def _check_tls_pair(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
+            raise ValueError(
+                "--tls-cert and --tls-key (tls_cert, tls_key) go together: give both, e.g."
+                " --tls-cert tls/server.pem --tls-key tls/server-key.pem after"
+                " `ovi tls init tls`, or neither to serve plain http"
+            )
         return self
 
     @classmethod
@@ -291,12 +345,17 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     def runtime(self) -> RuntimeOptions:
         return RuntimeOptions.from_mapping(self.__dict__)  # the generated fields, by name
 
+    @property
+    def all_api_keys(self) -> list[str]:
+        """Every accepted key: the tenants' and the admins'."""
+        return [*self.api_keys, *self.admin_api_keys]
+
     def is_loopback_host(self) -> bool:
         return is_loopback_host(self.host)
 
     def check_bind_policy(self) -> None:
         """Refuse an open, key-less server: no keys means loopback only unless told otherwise."""
-        if not self.api_keys and not self.allow_unauthenticated and not self.is_loopback_host():
+        if not self.all_api_keys and not self.allow_unauthenticated and not self.is_loopback_host():
             raise ValueError(
                 f"refusing to serve {self.host} without API keys: set OVI_API_KEYS (or --api-key),"
                 " bind a loopback address, or pass --allow-unauthenticated"

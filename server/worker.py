@@ -34,7 +34,7 @@ from server.jobs import StoreUnavailableError, open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
-from server.storage import Storage, open_storage, read_all
+from server.storage import Storage, open_storage, owned_file_id, read_all
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
                 kind="outputs",
                 content_type="video/mp4",
                 file_name=f"{job.id}.mp4",
+                file_id=owned_file_id(job.user_id),  # /files may require the owner's key
             )
         finally:
             path.unlink(missing_ok=True)

@@ -181,8 +181,9 @@ class JobStore(Protocol):
         """Store a new IN_QUEUE job; `QueueFullError` when `max_queue_size` are waiting."""
         ...
 
-    def get(self, request_id: str) -> Job:
-        """The job, with a passed start deadline applied; `JobNotFoundError` if unknown."""
+    def get(self, request_id: str, *, with_input: bool = True) -> Job:
+        """The job, with a passed start deadline applied; `JobNotFoundError` if unknown.
+        `with_input=False` leaves `input` empty ({}) and does not read it (status polls)."""
         ...
 
     def queue_position(self, request_id: str) -> int | None:

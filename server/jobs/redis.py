@@ -31,6 +31,7 @@ import functools
 import json
 import time
 import uuid
+from dataclasses import fields as dataclass_fields
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -67,6 +68,7 @@ DEFAULT_PREFIX = "ovi:"
 _PRIORITY_STRIDE = 10**12  # queue score = priority * stride + seq: exact in a double
 _JSON_FIELDS = ("input", "result", "metrics", "input_files", "error")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "start_deadline")
+_FIELDS_NO_INPUT = [f.name for f in dataclass_fields(Job) if f.name != "input"]
 
 T = TypeVar("T")
 
@@ -504,8 +506,13 @@ class RedisJobStore:
         return self._job(added)  # as stored: no deadline applied yet, as with SQLite
 
     @_unavailable
-    def get(self, request_id: str) -> Job:
-        raw = self._client.hgetall(self._k("job:", request_id))
+    def get(self, request_id: str, *, with_input: bool = True) -> Job:
+        key = self._k("job:", request_id)
+        if with_input:
+            raw = self._client.hgetall(key)
+        else:  # every field but the input (a status poll must not read a 10 MB prompt)
+            values = self._client.hmget(key, _FIELDS_NO_INPUT)
+            raw = {n.encode(): v for n, v in zip(_FIELDS_NO_INPUT, values) if v is not None}
         if not raw:
             raise JobNotFoundError(request_id)
         job = self._job(raw)
@@ -515,7 +522,7 @@ class RedisJobStore:
             and job.start_deadline < time.time()
         ):
             self.expire_overdue()
-            return self.get(request_id)
+            return self.get(request_id, with_input=with_input)
         return job
 
     @_unavailable

@@ -108,6 +108,8 @@ _RUNNING = JobStatus.IN_PROGRESS.value
 _DONE = JobStatus.COMPLETED.value
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 _JSON_FIELDS = ("input", "result", "metrics", "input_files")
+# Every column a Job reads but the input (a status poll must not read a 10 MB prompt).
+_COLUMNS_NO_INPUT = ", ".join(n for n in _JOB_FIELDS if n != "input")
 _HELD = "SELECT cancel_requested FROM jobs WHERE id=? AND status=? AND worker_id=?"
 _REQUEUE = "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL, start_deadline=NULL"
 
@@ -165,7 +167,8 @@ class SqliteJobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        values = {name: row[name] for name in _JOB_FIELDS}
+        present = row.keys()
+        values = {name: row[name] if name in present else None for name in _JOB_FIELDS}
         for name in _JSON_FIELDS:
             values[name] = json.loads(values[name]) if values[name] else None
         error = json.loads(row["error"]) if row["error"] else None
@@ -176,6 +179,7 @@ class SqliteJobStore:
                 "priority": PRIORITIES[row["priority"]],
                 "cancel_requested": bool(row["cancel_requested"]),
                 "error": JobError.from_dict(error) if error else None,
+                "input": values["input"] or {},
                 "metrics": values["metrics"] or {},
                 "input_files": values["input_files"] or {},
             }
@@ -234,8 +238,11 @@ class SqliteJobStore:
         deadline = now + job.start_timeout_s if job.start_timeout_s else None
         gateway_id = str(uuid.uuid4()) if job.webhook_url else None
         with self._tx() as c:
-            if max_queue_size is not None:
-                waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (_WAITING,))
+            if max_queue_size is not None:  # counts at most max_queue_size index entries
+                waiting = c.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status=? LIMIT ?)",
+                    (_WAITING, max_queue_size),
+                )
                 if waiting.fetchone()[0] >= max_queue_size:
                     raise QueueFullError(request_id)
             c.execute(
@@ -259,8 +266,9 @@ class SqliteJobStore:
             )
             return self._row(c, request_id)
 
-    def get(self, request_id: str) -> Job:
-        rows = self._read("SELECT * FROM jobs WHERE id=?", (request_id,))
+    def get(self, request_id: str, *, with_input: bool = True) -> Job:
+        columns = "*" if with_input else _COLUMNS_NO_INPUT
+        rows = self._read(f"SELECT {columns} FROM jobs WHERE id=?", (request_id,))
         if not rows:
             raise JobNotFoundError(request_id)
         job = self._job(rows[0])
@@ -270,20 +278,18 @@ class SqliteJobStore:
             and job.start_deadline < time.time()
         ):
             self.expire_overdue()
-            return self.get(request_id)
+            return self.get(request_id, with_input=with_input)
         return job
 
     def queue_position(self, request_id: str) -> int | None:
-        rows = self._read(
-            "SELECT COUNT(*) FROM jobs AS ahead, jobs AS me WHERE me.id=? AND me.status=?"
-            " AND ahead.status=? AND (ahead.priority<me.priority"
-            " OR (ahead.priority=me.priority AND ahead.seq<me.seq))",
-            (request_id, _WAITING, _WAITING),
+        rows = self._read(  # one read: None unless the job is waiting, else the count ahead
+            "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status=me.status"
+            " AND (ahead.priority<me.priority"
+            " OR (ahead.priority=me.priority AND ahead.seq<me.seq)))"
+            " FROM jobs AS me WHERE me.id=? AND me.status=?",
+            (request_id, _WAITING),
         )
-        me = self._read("SELECT status FROM jobs WHERE id=?", (request_id,))
-        if not me or me[0]["status"] != _WAITING:
-            return None
-        return int(rows[0][0])
+        return int(rows[0][0]) if rows else None
 
     def logs(self, request_id: str, *, since: int = 0) -> list[LogEntry]:
         rows = self._read(

@@ -14,7 +14,7 @@ from anyio import to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from server.deps import AuthDep, SettingsDep, StoreDep
+from server.deps import AuthDep, OptionalCallerDep, SettingsDep, StoreDep, public_health
 from server.jobs.base import JobStore
 from server.schemas import HealthStatus
 from server.settings import ServerSettings
@@ -48,9 +48,10 @@ def fleet(store: JobStore, settings: ServerSettings, *, stale: bool = False) -> 
     responses={503: {"model": HealthStatus, "description": "No worker is ready yet."}},
     summary="Readiness",
 )
-async def health(settings: SettingsDep, store: StoreDep) -> JSONResponse:
+async def health(settings: SettingsDep, store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
     """200 `ready` once a live worker has loaded the model; 503 `warming` before (workers
-    report by heartbeat, so remote workers count too). Also lists workers and queue sizes."""
+    report by heartbeat, so remote workers count too). Without a valid key only the state and
+    the queue sizes; with one also the model and the workers (hosts, pids, job ids)."""
     view = await to_thread.run_sync(fleet, store, settings)
     body = {
         "status": "ready" if view["ready"] else "warming",
@@ -58,6 +59,8 @@ async def health(settings: SettingsDep, store: StoreDep) -> JSONResponse:
         "workers": [{k: v for k, v in w.items() if k != "live"} for w in view["workers"]],
         "queue": view["queue"],
     }
+    if caller is None:
+        body = public_health(body)
     return JSONResponse(body, status_code=200 if view["ready"] else 503)
 
 

@@ -11,6 +11,8 @@ The API serves `outputs` and `uploads` at `/files/{key}` (`server.routes.files`,
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import mimetypes
 import re
 import secrets
@@ -101,6 +103,28 @@ def read_all(storage: Storage, key: str) -> bytes:
 def new_file_id() -> str:
     """A fresh random id (22 URL-safe characters, 128 bits)."""
     return secrets.token_urlsafe(16)
+
+
+_OWNER_TAG_CHARS = 12
+_RANDOM_ID_CHARS = 22
+
+
+def owner_tag(user_id: str) -> str:
+    """A short, stable tag of a user id (not a secret: it only lets /files compare owners)."""
+    digest = hashlib.sha256(user_id.encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode("ascii")  # 12 characters
+
+
+def owned_file_id(user_id: str) -> str:
+    """A fresh random id that also names its owner: 22 random characters, then `owner_tag`."""
+    return new_file_id() + owner_tag(user_id)
+
+
+def file_owner_tag(file_id: str) -> str | None:
+    """The owner tag of an id made by `owned_file_id`, or None for an id without one."""
+    if len(file_id) != _RANDOM_ID_CHARS + _OWNER_TAG_CHARS:
+        return None
+    return file_id[_RANDOM_ID_CHARS:]
 
 
 def make_key(kind: str, file_id: str, name: str) -> str:

@@ -58,6 +58,7 @@ def test_serve_refuses_open_bind_without_keys(
         parse("serve", "--host", "0.0.0.0", "--allow-unauthenticated", "--data-dir", str(tmp_path))
     )
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("cert"), key.write_text("key")  # checked to exist before serving
     serve.run(
         parse(
             "serve",

@@ -49,6 +49,21 @@ def test_submit_and_get(store: JobStore) -> None:
         store.get("nope")
 
 
+def test_get_without_the_input(store: JobStore) -> None:
+    """Status polls read a job without its (possibly 10 MB) input; everything else is there."""
+    job = store.submit(new(1, user_id="alice", webhook_url="https://h/x"))
+    light = store.get(job.id, with_input=False)
+    assert light.input == {} and store.get(job.id).input == {"prompt": "p1"}
+    assert (light.id, light.status, light.user_id, light.webhook_url) == (
+        job.id,
+        JobStatus.IN_QUEUE,
+        "alice",
+        "https://h/x",
+    )
+    with pytest.raises(JobNotFoundError):
+        store.get("nope", with_input=False)
+
+
 def test_queue_order_and_positions_with_priorities(store: JobStore) -> None:
     a = store.submit(new(1))
     low = store.submit(new(2, priority="low"))

@@ -13,13 +13,13 @@ from server.jobs.base import WorkerInfo
 def test_warming_then_ready_then_stale(tmp_path: Path) -> None:
     with running_app(make_settings(tmp_path, preset="tiny")) as (client, app):
         r = client.get("/health")  # no key needed
-        assert r.status_code == 503
-        assert r.json()["status"] == "warming" and r.json()["model"] == "tiny"
+        assert r.status_code == 503 and r.json()["status"] == "warming"
+        assert client.get("/health", headers=AUTH).json()["model"] == "tiny"
         store = store_of(app)
         store.heartbeat(WorkerInfo(id="w1", state="warming", heartbeat_at=time.time()))
         assert client.get("/health").json()["status"] == "warming"
         store.heartbeat(WorkerInfo(id="w1", state="ready", heartbeat_at=time.time()))
-        r = client.get("/health")
+        r = client.get("/health", headers=AUTH)
         assert r.status_code == 200 and r.json()["status"] == "ready"
         assert [w["id"] for w in r.json()["workers"]] == ["w1"]
         assert r.json()["queue"] == {"in_queue": 0, "in_progress": 0}
