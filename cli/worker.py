@@ -21,14 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.worker import run_worker
+    from server.worker import run_worker_until_signalled
 
     settings = settings_from_args(args)
     check_weights(settings)
     logging.basicConfig(level=settings.log_level.upper())
     worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
-    try:
-        run_worker(settings, worker_id)
-    except KeyboardInterrupt:
-        pass
+    run_worker_until_signalled(settings, worker_id)  # SIGTERM/SIGINT drain it
     return 0

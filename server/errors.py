@@ -121,6 +121,27 @@ class BackPressureError(
     """The queue is full: both fal clients retry 429 with backoff."""
 
 
+class InsufficientStorageError(
+    FalError,
+    status=507,
+    error_type="insufficient_storage",
+    detail="The server's disk is full; retry later",
+    headers={"Retry-After": "60"},
+):
+    """The data directory (or the job store's file) has no room: nothing was queued."""
+
+
+class ServiceUnavailableError(
+    FalError,
+    status=503,
+    error_type="service_unavailable",
+    detail="No worker can run requests now; retry later",
+    headers={"Retry-After": "30"},
+):
+    """Nothing can run the request (every worker failed, or the job store fails): see
+    `/health` for why. Nothing was queued."""
+
+
 class BadRequestError(FalError, status=400, error_type="bad_request", detail="Bad request"):
     """A malformed request that is not a body validation error (e.g. a bad timeout header)."""
 

@@ -223,7 +223,10 @@ class ValidationErrorBody(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    status: Literal["warming", "ready"]
+    status: Literal["ready", "degraded", "warming", "failed"]
+    reasons: list[str] = Field(
+        default_factory=list, description="Why the state is `degraded` or `failed`."
+    )
     model: str = Field(..., description="Variant or preset the workers load.")
     workers: list[dict[str, Any]] = Field(default_factory=list)
     queue: dict[str, int] = Field(default_factory=dict)

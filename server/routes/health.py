@@ -1,14 +1,13 @@
-"""`GET /health`: `warming` until a worker has loaded the model, then `ready`."""
+"""`GET /health`: `ready`, `degraded` (why), `warming` or `failed` (why); see `server.readiness`."""
 
 from __future__ import annotations
 
-import time
-
 from anyio import to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.deps import SettingsDep, StoreDep
+from server.readiness import assess, health_body
 from server.schemas import HealthStatus
 
 router = APIRouter(tags=["health"])
@@ -17,27 +16,23 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/health",
     response_model=HealthStatus,
-    responses={503: {"model": HealthStatus, "description": "No worker is ready yet."}},
+    responses={
+        503: {"model": HealthStatus, "description": "`warming` or `failed`: no job can run."}
+    },
     summary="Readiness",
 )
-async def health(settings: SettingsDep, store: StoreDep) -> JSONResponse:
-    """200 `ready` once a live worker has loaded the model; 503 `warming` before (workers
-    report by heartbeat, so remote workers count too). Also lists workers and queue sizes."""
-
-    def read() -> tuple[list, dict[str, int]]:
-        return store.workers(), store.counts()
-
-    workers, counts = await to_thread.run_sync(read)
-    now = time.time()
-    live = [w for w in workers if now - w.heartbeat_at < settings.worker_stale_after_s]
-    ready = any(w.state == "ready" for w in live)
-    body = {
-        "status": "ready" if ready else "warming",
-        "model": settings.model_name,
-        "workers": [w.to_dict() for w in live],
-        "queue": {
-            "in_queue": counts.get("IN_QUEUE", 0),
-            "in_progress": counts.get("IN_PROGRESS", 0),
-        },
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
+async def health(request: Request, settings: SettingsDep, store: StoreDep) -> JSONResponse:
+    """200 `ready` once a live worker has loaded the model, `degraded` (with `reasons`) when it
+    runs but something needs attention; 503 `warming` before, `failed` (with `reasons`) when
+    nothing can run jobs. Workers report by heartbeat, so remote workers count too. Also lists
+    workers and queue sizes."""
+    state = request.app.state
+    readiness = await to_thread.run_sync(
+        lambda: assess(
+            settings,
+            store,
+            supervisor=getattr(state, "supervisor", None),
+            faults=getattr(state, "faults", None),
+        )
+    )
+    return JSONResponse(health_body(settings, readiness), status_code=readiness.http_status)
