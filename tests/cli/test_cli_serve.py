@@ -48,8 +48,10 @@ def test_flags_become_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_serve_refuses_open_bind_without_keys(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(kw))
+    calls: list[tuple[Any, bool]] = []
+    monkeypatch.setattr(
+        "server.lifecycle.serve", lambda settings, recover_db: calls.append((settings, recover_db))
+    )
     monkeypatch.setattr("cli.serve.check_weights", lambda settings: None)  # no files here
     with pytest.raises(ValueError, match="without API keys"):
         serve.run(parse("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)))
@@ -69,11 +71,14 @@ def test_serve_refuses_open_bind_without_keys(
             str(key),
             "--data-dir",
             str(tmp_path),
+            "--recover-db",
+            "--drain-timeout",
+            "7.5",
         )
     )
-    assert calls[0]["host"] == "0.0.0.0"
-    assert calls[1]["port"] == 8443 and calls[1]["ssl_certfile"] == str(cert)
-    assert calls[1]["proxy_headers"] is False
+    assert calls[0][0].host == "0.0.0.0" and calls[0][1] is False
+    assert calls[1][0].port == 8443 and calls[1][0].tls_cert == cert
+    assert calls[1][0].drain_timeout_s == 7.5 and calls[1][1] is True
 
 
 def test_worker_command_is_registered() -> None:
