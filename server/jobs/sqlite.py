@@ -134,7 +134,7 @@ def check_database(path: str | Path) -> int:
             conn.close()
     except sqlite3.DatabaseError as exc:  # not a database, malformed, truncated
         raise DatabaseCorruptError(path, str(exc)) from None
-    problems = [str(r[0]) for r in rows if r[0] != "ok"]
+    problems = [" ".join(str(r[0]).split()) for r in rows if r[0] != "ok"]  # one line each
     if problems:
         more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
         raise DatabaseCorruptError(path, "; ".join(problems[:2]) + more)
