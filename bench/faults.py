@@ -30,7 +30,9 @@ def stop_case(root: Path, sig: str, target: str, state: str) -> dict:
     """One stop: `state` is idle, busy (a job mid-run), dead (the idle worker SIGKILLed just
     before) or warming (the model still loading)."""
     env = {"STANDIN_LOAD_S": "60"} if state == "warming" else {"STANDIN_STEP_S": "1"}
-    server = h.start(root / "data", env=env, wait_for=("warming",) if state == "warming" else ("ready",))
+    server = h.start(
+        root / "data", env=env, wait_for=("warming",) if state == "warming" else ("ready",)
+    )
     job = None
     try:
         if state == "busy":
@@ -50,13 +52,20 @@ def stop_case(root: Path, sig: str, target: str, state: str) -> dict:
         left = server.leftovers()
     finally:
         server.kill()
-    out = {"case": f"{sig} to {target}, worker {state}", "seconds": round(seconds, 1), "hung": hung, "left": len(left)}
+    out = {
+        "case": f"{sig} to {target}, worker {state}",
+        "seconds": round(seconds, 1),
+        "hung": hung,
+        "left": len(left),
+    }
     if job is not None:
         import sqlite3
 
-        row = sqlite3.connect(root / "data" / "jobs.sqlite3").execute(
-            "SELECT status, attempts FROM jobs WHERE id=?", (job,)
-        ).fetchone()
+        row = (
+            sqlite3.connect(root / "data" / "jobs.sqlite3")
+            .execute("SELECT status, attempts FROM jobs WHERE id=?", (job,))
+            .fetchone()
+        )
         out["job_after"] = {"status": row[0], "attempts": row[1]}
     return out
 
@@ -75,7 +84,10 @@ def main() -> int:
                     try:
                         row = stop_case(Path(tmp), sig, target, state)
                     except Exception as exc:  # a case that cannot even start is a figure too
-                        row = {"case": f"{sig} to {target}, worker {state}", "error": str(exc)[-300:]}
+                        row = {
+                            "case": f"{sig} to {target}, worker {state}",
+                            "error": str(exc)[-300:],
+                        }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     if args.out:

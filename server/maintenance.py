@@ -96,6 +96,7 @@ class Maintenance:
             except Exception as exc:  # e.g. a full disk: reported in /health, retried
                 log.warning("maintenance tick failed: %s: %s", type(exc).__name__, exc)
                 self.faults.report("maintenance", exc)
-            else:
+            else:  # the store answers again: faults noted by earlier writes are over
                 self.faults.clear("maintenance")
+                self.faults.clear("job store")
             await asyncio.sleep(interval_s)

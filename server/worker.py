@@ -40,6 +40,7 @@ from typing import Any
 from model.sampling import SamplingParams
 from server.jobs import open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
+from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
 from server.storage import Storage, open_storage, read_all
@@ -91,10 +92,9 @@ def classify_failure(exc: BaseException) -> JobError:
         return image_error(f"Could not load image from url: {exc}")
     name = type(exc).__name__
     text = str(exc)
-    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-        return JobError(
-            f"Could not write the output: {exc.strerror or text}", "output_write_error", 507
-        )
+    if is_disk_full(exc) or (isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+        return JobError(f"Could not write the output: {reason}", "output_write_error", 507)
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return JobError(
             f"Out of GPU memory while generating: {text}".strip(), "runner_server_error", 500

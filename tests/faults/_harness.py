@@ -109,7 +109,13 @@ class Server:
             if value:
                 return value
             time.sleep(step)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log()}")
+        try:
+            state = self.health()[1]
+        except Exception as exc:  # noqa: BLE001 - only for the message
+            state = repr(exc)
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what} ({state}):\n{self.log()}"
+        )
 
     def stop(self, sig: int, *, group: bool, limit: float = 40.0) -> tuple[float, bool]:
         """Send `sig` to the server alone or to its whole process group; seconds until it has
@@ -187,7 +193,9 @@ def start(
     server = Server(process, port, data_dir, log_path)
     if wait_for:
         try:
-            server.wait(lambda: server.health()[1].get("status") in wait_for, timeout, str(wait_for))
+            server.wait(
+                lambda: server.health()[1].get("status") in wait_for, timeout, str(wait_for)
+            )
         except BaseException:
             server.kill()
             raise
