@@ -2,12 +2,15 @@
 
 While full: `/health` says `degraded` with the reason, submits answer 507 with `Retry-After`,
 a job whose output cannot be written completes with that error, and no process dies. Once space
-is freed, work resumes by itself (no restart)."""
+is freed, work resumes by itself (no restart); with `--drain-timeout`, a stop lets the running
+job finish."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -52,7 +55,11 @@ def fill(disk: Path) -> Path:
 
 def test_full_disk_is_degraded_refused_and_recovers(small_disk: Path) -> None:
     data = small_disk / "data"
-    server = h.start(data, env={"STANDIN_STEP_S": "0.25", "OVI_MIN_FREE_DISK_MB": "1"})
+    server = h.start(
+        data,
+        env={"STANDIN_STEP_S": "0.25", "OVI_MIN_FREE_DISK_MB": "1"},
+        args=("--drain-timeout", "20"),
+    )
     try:
         pids = server.worker_pids()
         running = server.submit(steps=20).json()["request_id"]  # ~5 s
@@ -78,14 +85,20 @@ def test_full_disk_is_degraded_refused_and_recovers(small_disk: Path) -> None:
 
         server.wait(lambda: server.health()[1]["status"] == "ready", 30, "ready again")  # noqa
 
-        job = server.submit(steps=2).json()["request_id"]
-        server.wait(lambda: server.status(job)["status"] == "COMPLETED", 30, "work resumed")
-        with server.http() as c:
-            assert c.get(f"/queue/{h.T2V}/requests/{job}").status_code == 200
+        job = server.submit(steps=12).json()["request_id"]  # ~3 s
+        server.wait(lambda: server.status(job)["status"] == "IN_PROGRESS", 30, "work resumed")
         assert server.worker_pids() == pids  # nothing died on the way
+        # and `--drain-timeout 20`: SIGTERM to the group lets the running job finish
+        seconds, hung = server.stop(signal.SIGTERM, group=True, limit=45)
     finally:
-        server.stop(signal.SIGTERM, group=True)
         server.kill()
+    assert not hung and seconds < 5 + 20 + 5 + 4
+    with sqlite3.connect(data / "jobs.sqlite3") as db:
+        status, error, result = db.execute(
+            "SELECT status, error, result FROM jobs WHERE id=?", (job,)
+        ).fetchone()
+    assert status == "COMPLETED" and error is None and json.loads(result)["video"]["url"]
+    assert server.leftovers() == []
 
 
 def test_output_that_cannot_be_written_completes_with_that_error(
