@@ -28,6 +28,14 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     p.add_argument("--storage", help="file storage URL (default file://<data-dir>/files)")
     p.add_argument("--config", type=Path, help="TOML settings file (also OVI_CONFIG)")
     p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, let a running job finish for this long before it is released back"
+        " to the queue (default 0: released at its next step)",
+    )
     if not network:
         return
     net = p.add_argument_group("network")
@@ -116,13 +124,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the fal-compatible API. Settings: flags > OVI_* env > --config file.",
     )
     add_settings_flags(serve, network=True)
+    serve.add_argument(
+        "--recover-db",
+        action="store_true",
+        help="move a damaged job database aside (outputs are kept) and start with an empty one",
+    )
     serve.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from server.main import create_app
+    from server.lifecycle import serve
 
     settings = settings_from_args(args)
     settings.check_bind_policy()  # ValueError -> "error: ..." from the CLI
@@ -139,15 +150,5 @@ def run(args: argparse.Namespace) -> int:
         settings.data_dir,
         settings.workers,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,  # X-Forwarded-* are honoured by us, from trusted_proxies only
-        server_header=False,
-        timeout_graceful_shutdown=5,
-    )
+    serve(settings, recover_db=args.recover_db)
     return 0

@@ -36,15 +36,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper())
     if settings.gpus:
         return run_supervised(settings)
-    from server.worker import run_worker
+    from server.worker import run_worker_until_signalled
 
     worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
-    stop = threading.Event()
-    _on_sigterm(stop)
-    try:
-        run_worker(settings, worker_id, stop_event=stop)
-    except KeyboardInterrupt:
-        pass
+    run_worker_until_signalled(settings, worker_id)  # SIGTERM/SIGINT drain it
     return 0
 
 

@@ -122,14 +122,25 @@ class BackPressureError(
     """The queue is full: both fal clients retry 429 with backoff."""
 
 
+class InsufficientStorageError(
+    FalError,
+    status=507,
+    error_type="insufficient_storage",
+    detail="The server's disk is full; retry later",
+    headers={"Retry-After": "60"},
+):
+    """The data directory (or the job store's file) has no room: nothing was queued."""
+
+
 class ServiceUnavailableError(
     FalError,
     status=503,
     error_type="service_unavailable",
-    detail="The job store is unavailable; retry shortly",
-    headers={"Retry-After": "1"},
+    detail="The service is unavailable; retry shortly",
 ):
-    """The job store cannot be reached (a Redis restart): both fal clients retry 503."""
+    """Nothing can take the request now: the job store cannot be reached (a Redis restart) or
+    fails, or no worker can run requests (see `/health` for why). Nothing was queued; both fal
+    clients retry 503. `Retry-After` is the `retry_after_s` setting unless set here."""
 
 
 class BadRequestError(FalError, status=400, error_type="bad_request", detail="Bad request"):
@@ -266,6 +277,10 @@ def fal_error(exc: Exception) -> FalError:
     """The HTTP answer for anything raised while serving a request (500 for the unexpected)."""
     if isinstance(exc, FalError):
         return exc
+    if isinstance(exc, StoreUnavailableError):
+        return ServiceUnavailableError(  # a restart of the store: retry soon
+            "The job store is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, JobStoreError):
         for store_error, http_error in STORE_ERRORS.items():
             if isinstance(exc, store_error):

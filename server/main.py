@@ -26,6 +26,7 @@ from server.fetch import ImageInputError
 from server.jobs import JobStore, JobStoreError, open_store
 from server.maintenance import Maintenance
 from server.middleware import add_middleware
+from server.readiness import Faults
 from server.routes import files, health, queue, sync, webhooks
 from server.routes import storage as uploads
 from server.schemas import RequestError
@@ -88,19 +89,24 @@ def create_app(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = store or await to_thread.run_sync(open_store, settings.job_store_url)
         app.state.storage = storage or await to_thread.run_sync(open_storage, settings.storage_url)
-        app.state.serving = Serving(settings, app.state.store, app.state.storage)
+        app.state.faults = Faults()
+        app.state.serving = Serving(
+            settings, app.state.store, app.state.storage, faults=app.state.faults
+        )
         app.state.webhooks = WebhookDispatcher.from_settings(settings, app.state.store)
         app.state.webhooks.start()
         app.state.supervisor = None
         if settings.workers > 0:
             app.state.supervisor = WorkerSupervisor(settings, app.state.store)
             await to_thread.run_sync(app.state.supervisor.start)
+            app.state.serving.supervisor = app.state.supervisor
         maintenance = Maintenance(
             settings,
             app.state.store,
             app.state.storage,
             webhooks=app.state.webhooks,
             supervisor=app.state.supervisor,
+            faults=app.state.faults,
         )
         task = asyncio.create_task(maintenance.run(), name="ovi-maintenance")
         app.state.maintenance = maintenance
@@ -112,7 +118,10 @@ def create_app(
                 await task
             if app.state.supervisor is not None:
                 await to_thread.run_sync(app.state.supervisor.stop)
-            await to_thread.run_sync(maintenance.pump_webhooks)
+            try:  # webhooks due now go out before the stop (the outbox keeps the rest)
+                await to_thread.run_sync(maintenance.pump_webhooks)
+            except Exception as exc:  # e.g. the job store is unreachable at shutdown
+                log.warning("final webhook pump skipped: %s: %s", type(exc).__name__, exc)
             await to_thread.run_sync(app.state.webhooks.stop)
             if storage is None:
                 app.state.storage.close()

@@ -223,7 +223,11 @@ class ValidationErrorBody(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    status: Literal["warming", "ready"]
+    status: Literal["ready", "degraded", "warming", "failed"]
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="Why the state is `degraded` or `failed` (with a valid key only).",
+    )
     model: str | None = Field(
         None, description="Variant or preset the workers load (with a valid key only)."
     )

@@ -11,20 +11,25 @@ path of returned error values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import to_thread
 from pydantic import BaseModel
 
 from server.errors import (
     USER_TIMEOUT,
+    FalError,
     InputValidationError,
+    InsufficientStorageError,
     JobFailedError,
     RequestInProgressError,
+    ServiceUnavailableError,
 )
 from server.fetch import UrlPolicy, load_image_input
 from server.jobs import (
@@ -37,10 +42,15 @@ from server.jobs import (
     NewJob,
 )
 from server.jobs.base import CANCELLED, Priority
+from server.jobs.errors import JobStoreError, StoreUnavailableError
+from server.readiness import Faults, Readiness, assess, is_disk_full
 from server.schemas import QUEUE_APP, OviImageToVideoInput
 from server.settings import ServerSettings
 from server.storage import Storage
 from server.webhooks import check_webhook_url
+
+if TYPE_CHECKING:
+    from server.supervisor import WorkerSupervisor
 
 Disconnected = Callable[[], Awaitable[bool]]
 
@@ -139,12 +149,56 @@ def request_urls(queue_base: str, request_id: str) -> dict[str, str]:
 class Serving:
     """The fal request logic over one job store and one storage."""
 
-    def __init__(self, settings: ServerSettings, store: JobStore, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: JobStore,
+        storage: Storage,
+        *,
+        faults: Faults | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         # Images decoded at once: the decode pool's bound (waiting ones hold only their bytes).
         self.decode_slots = asyncio.Semaphore(settings.image_decode_concurrency)
+        self.faults = faults or Faults()
+        self.supervisor: WorkerSupervisor | None = None  # set by the lifespan once started
+        self._readiness: tuple[float, Readiness] | None = None
+
+    def readiness(self) -> Readiness:
+        """`server.readiness.assess` for this server. Blocking: call it from a thread."""
+        return assess(self.settings, self.store, supervisor=self.supervisor, faults=self.faults)
+
+    async def admit(self) -> None:
+        """Refuse a submit that cannot be served: 507 on a full disk, 503 while nothing can run
+        jobs (the state is re-read at most once a second)."""
+        now = time.monotonic()
+        if self._readiness is None or now - self._readiness[0] > 1.0:
+            self._readiness = (now, await self._call(self.readiness))
+        readiness = self._readiness[1]
+        if readiness.disk_full:
+            raise InsufficientStorageError(readiness.reasons[0] if readiness.reasons else None)
+        if readiness.store_unavailable:  # a restart of the store: retry soon
+            raise StoreUnavailableError(message="; ".join(readiness.reasons))
+        if not readiness.can_run_jobs:
+            raise ServiceUnavailableError(
+                "No worker can run requests now: " + "; ".join(readiness.reasons)
+            )
+
+    def refusal(self, exc: Exception, duty: str) -> Exception:
+        """What a store or storage failure during a submit is answered with: 507 for a full
+        disk, 503 for a failing store (the fault is noted for `/health`); others as they are."""
+        if isinstance(exc, (FalError, JobStoreError)):
+            return exc
+        if is_disk_full(exc):
+            self.faults.report(duty, exc)
+            self._readiness = None
+            return InsufficientStorageError(f"The server's disk is full ({exc}); retry later")
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            self.faults.report(duty, exc)
+            return ServiceUnavailableError(f"The job store failed ({type(exc).__name__}: {exc})")
+        return exc
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store or storage call, off the event loop."""
@@ -173,6 +227,7 @@ class Serving:
         settings, options = self.settings, submission.options
         if options.webhook_url:
             await self._check_webhook(options.webhook_url)
+        await self.admit()
         image = None
         if isinstance(body, OviImageToVideoInput):
             image = await load_image_input(
@@ -184,11 +239,17 @@ class Serving:
             )
         input_files: dict[str, str] = {}
         if image is not None:
-            saved = await self._call(
-                lambda: self.storage.save(
-                    image, kind="inputs", content_type="application/octet-stream", file_name="image"
+            try:
+                saved = await self._call(
+                    lambda: self.storage.save(
+                        image,
+                        kind="inputs",
+                        content_type="application/octet-stream",
+                        file_name="image",
+                    )
                 )
-            )
+            except Exception as exc:
+                raise self.refusal(exc, "storage") from exc
             input_files["image"] = saved.key
         new = NewJob(
             app=app_id,
@@ -201,13 +262,16 @@ class Serving:
             user_id=submission.user_id,
         )
         try:
-            return await self._call(
+            job = await self._call(
                 lambda: self.store.submit(new, max_queue_size=settings.max_queue_size)
             )
-        except Exception:  # refused (e.g. the queue is full): leave nothing behind
+        except Exception as exc:  # refused (e.g. the queue is full): leave nothing behind
             for key in input_files.values():
-                await self._call(self.storage.delete, key)
-            raise
+                with contextlib.suppress(Exception):
+                    await self._call(self.storage.delete, key)
+            raise self.refusal(exc, "job store") from exc
+        self.faults.clear("job store")
+        return job
 
     async def _check_webhook(self, url: str) -> None:
         """Refuse a `fal_webhook` that can never be delivered: its host is resolved now (within

@@ -172,6 +172,18 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On shutdown, how long a running job may take to stop."
     )
+    drain_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long a running job may go on to finish before it is"
+        " released back to the queue at its next step (0: released at once).",
+    )
+    min_free_disk_mb: float = Field(
+        64.0,
+        ge=0,
+        description="Below this much free space in data_dir, submits answer 507 and /health"
+        " says degraded.",
+    )
     log_level: str = Field("info")
 
     # --- inputs, storage, webhooks, TLS ---

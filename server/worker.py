@@ -11,27 +11,36 @@ keeps, and saves the output there.
   the worker carries on; `classify_failure` decides its status code and `error_type`.
 - Cancellation is checked between denoising steps (`should_cancel`); a clean shutdown also
   stops the running job there and puts it back in the queue without using an attempt.
+- Stopping (`StopRequest`): SIGTERM or SIGINT (to the worker alone or to the whole process
+  group), or the parent's death, stop the claiming; the running job may finish for
+  `drain_timeout_s`, then is released at its next step. A stop while the model loads ends at
+  once. Exit code 0 means a clean stop.
+- Job-store faults (full disk, a locked or broken file) never end the worker: claims back off
+  and retry, log lines are best effort, and a finished job's record is retried until written.
 - Health: the worker heartbeats `warming` while loading, `ready` after, from a thread, so a long
-  step never looks like a dead worker.
+  step never looks like a dead worker; a model that cannot load leaves it `failed` (with the
+  reason) and idle until stopped, instead of restarting in a loop.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
 from model.sampling import SamplingParams
 from server.jobs import StoreUnavailableError, open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
+from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
 from server.storage import Storage, open_storage, owned_file_id, read_all
@@ -72,6 +81,9 @@ def image_error(message: str) -> JobError:
     )
 
 
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
 def classify_failure(exc: BaseException) -> JobError:
     """A job's exception as the error its result URL will answer."""
     from model.preprocess import ImageLoadError
@@ -80,6 +92,9 @@ def classify_failure(exc: BaseException) -> JobError:
         return image_error(f"Could not load image from url: {exc}")
     name = type(exc).__name__
     text = str(exc)
+    if is_disk_full(exc) or (isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+        return JobError(f"Could not write the output: {reason}", "output_write_error", 507)
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return JobError(
             f"Out of GPU memory while generating: {text}".strip(), "runner_server_error", 500
@@ -132,20 +147,30 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
     started = time.perf_counter()
     user_cancelled = False
 
+    def note(message: str, **kw: Any) -> None:  # log lines are best effort on a failing store
+        try:
+            store.append_log(job.id, message, **kw)
+        except Exception as exc:
+            log.warning("job %s: could not store log line (%s)", job.id, exc)
+
     def should_cancel() -> bool:
         nonlocal user_cancelled
-        if store.is_cancel_requested(job.id):
-            user_cancelled = True
-            return True
+        try:
+            if store.is_cancel_requested(job.id):
+                user_cancelled = True
+                return True
+        except Exception as exc:  # cannot read the flag now; the next step asks again
+            log.warning("job %s: cancel check failed (%s)", job.id, exc)
         return ctx.stopping()
 
     def on_step(info: Any) -> None:
-        store.append_log(
-            job.id, f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER"
-        )
+        note(f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER")
 
     def finish(outcome: Outcome) -> None:
-        if not store.complete(job.id, ctx.worker_id, outcome):
+        done = _retry_store(lambda: store.complete(job.id, ctx.worker_id, outcome), ctx, job.id)
+        if done is None:
+            return  # stopping with the store still failing: the job is recovered later
+        if not done:
             log.warning("job %s was taken from this worker before it finished", job.id)
             return
         for key in job.input_files.values():  # done with for good: no retry will read them
@@ -160,12 +185,12 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         if job.app == I2V_APP:
             image = load_image(input_image(job, ctx.storage))
         params = sampling_params(job.app, job.input, pipe.preset.sampling)
-        store.append_log(job.id, f"Generating ({params.steps} steps)")
+        note(f"Generating ({params.steps} steps)")
         out = pipe(
             job.input["prompt"], image, params=params, callback=on_step, should_cancel=should_cancel
         )
         inference_time = time.perf_counter() - started
-        store.append_log(job.id, "Encoding MP4")
+        note("Encoding MP4")
         ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
         path = ctx.tmp_dir / f"{job.id}.mp4"
         try:
@@ -189,28 +214,49 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             "seed": int(out.seed),
         }
         total = time.perf_counter() - started
-        store.append_log(job.id, f"Done in {total:.1f}s (seed {out.seed})")
+        note(f"Done in {total:.1f}s (seed {out.seed})")
         finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
     except StoreUnavailableError:
         raise  # not the job's failure: the worker stops, and the job is recovered
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
-            store.append_log(job.id, "Cancelled", source="SYSTEM")
+            note("Cancelled", source="SYSTEM")
             finish(Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}))
         else:
-            store.release(job.id, ctx.worker_id)
+            _retry_store(lambda: store.release(job.id, ctx.worker_id), ctx, job.id, tries=5)
     except Exception as exc:  # a job's failure is recorded, never fatal to the worker
         error = classify_failure(exc)
         if error.status_code >= 500:
             log.exception("job %s failed", job.id)
         else:
             log.info("job %s rejected: %s", job.id, error.message)
-        store.append_log(job.id, error.message, level="ERROR", source="SYSTEM")
+        note(error.message, level="ERROR", source="SYSTEM")
         finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}))
         if "memory" in error.message.lower():
             _free_accelerator_memory()
     finally:
         ctx.on_job(None)
+
+
+def _retry_store(
+    call: Callable[[], bool], ctx: JobContext, job_id: str, *, tries: int | None = None
+) -> bool | None:
+    """`call()` (a store write that ends a job) retried with backoff while the store fails;
+    None if it still fails once the worker is stopping (or after `tries`)."""
+    delay, attempt = 0.2, 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            attempt += 1
+            if ctx.stopping() or (tries is not None and attempt >= tries):
+                log.error("job %s: could not record its end in the job store: %s", job_id, exc)
+                return None
+            log.warning(
+                "job %s: job store write failed (%s); retrying in %.1fs", job_id, exc, delay
+            )
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 def _elapsed(started: float) -> float:
@@ -249,9 +295,51 @@ def load_pipeline(settings: ServerSettings, device: str | None = None) -> Any:
     return load(settings.source, settings.runtime, device)
 
 
+class StopRequest:
+    """When a worker stops: `is_set()` once asked (claim nothing more); `release_now()` once the
+    running job must be released at its next step (`drain_s` after the request, at once for an
+    `immediate` one). Safe to call from a signal handler. `event`, when given, is an outside
+    stop flag (tests, embedding) that releases at once."""
+
+    def __init__(self, drain_s: float = 0.0, event: threading.Event | None = None) -> None:
+        self.drain_s = drain_s
+        self.event = event
+        self._flag = threading.Event()
+        self.loading = False  # while True, a signal interrupts the model load
+        self.requested_at: float | None = None
+        self._release_at: float | None = None
+
+    def request(self, *, immediate: bool = False) -> None:
+        now = time.monotonic()
+        if self.requested_at is None:
+            self.requested_at = now
+        release_at = now if immediate else self.requested_at + self.drain_s
+        if self._release_at is None or release_at < self._release_at:
+            self._release_at = release_at
+        self._flag.set()
+
+    def is_set(self) -> bool:
+        if self.event is not None and self.event.is_set() and not self._flag.is_set():
+            self.request(immediate=True)
+        return self._flag.is_set()
+
+    def release_now(self) -> bool:
+        return (
+            self.is_set() and self._release_at is not None and time.monotonic() >= self._release_at
+        )
+
+    def wait(self, timeout: float) -> bool:
+        if self.event is None:
+            return self._flag.wait(timeout)
+        end = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < end:
+            self._flag.wait(min(0.05, max(0.0, end - time.monotonic())))
+        return self.is_set()
+
+
 class Heartbeat:
-    """Reports this worker's state every `interval` s from a daemon thread; notices when the
-    parent (the API process) is gone and asks the worker to stop."""
+    """Reports this worker's state every `interval` s from a daemon thread (a failing store is
+    logged and tried again at the next beat)."""
 
     def __init__(self, store: JobStore, worker_id: str, interval: float) -> None:
         self.store = store
@@ -264,7 +352,6 @@ class Heartbeat:
             pid=os.getpid(),
             started_at=time.time(),
         )
-        self.parent_gone = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovi-heartbeat", daemon=True)
 
@@ -277,8 +364,8 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             self.store.heartbeat(WorkerInfo(**{**self.info.__dict__, "heartbeat_at": time.time()}))
-        except Exception:
-            log.exception("heartbeat failed")
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def start(self) -> None:
         self.beat()
@@ -290,69 +377,106 @@ class Heartbeat:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        parent = multiprocessing.parent_process()
         while not self._stop.wait(self.interval):
-            if parent is not None and not parent.is_alive():
-                log.warning("API process is gone; stopping worker %s", self.info.id)
-                self.parent_gone.set()
             self.beat()
+
+
+class Watchdog:
+    """In a spawned worker: notices within half a second that the parent (the API process) is
+    gone and stops the worker (releasing its job at the next step); and ends the process if a
+    stop has not finished within `drain_s + grace_s` (a step that never returns), so a worker
+    never outlives its server holding a GPU."""
+
+    def __init__(self, stop: StopRequest, grace_s: float) -> None:
+        self.stop = stop
+        self.grace_s = grace_s
+        self._thread = threading.Thread(target=self._run, name="ovi-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        parent = multiprocessing.parent_process()
+        while True:
+            time.sleep(0.5)
+            if parent is not None and not parent.is_alive() and self.stop.requested_at is None:
+                log.warning("API process is gone; stopping this worker")
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in the main thread
+                self.stop.request(immediate=True)
+            since = self.stop.requested_at
+            if since is not None and time.monotonic() - since > self.stop.drain_s + self.grace_s:
+                log.error("worker did not stop within its grace; exiting now")
+                os._exit(1)
+
+
+def install_stop_signals(stop: StopRequest) -> None:
+    """SIGTERM and SIGINT request a graceful stop (the whole process group gets them from
+    `docker stop`, systemd or Ctrl-C). While the model loads, the stop ends the load at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        first = stop.requested_at is None
+        stop.request(immediate=not first and signum == signal.SIGINT)  # Ctrl-C twice: now
+        if first:
+            log.info("worker: %s, stopping", signal.Signals(signum).name)
+        if stop.loading:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def run_worker(
     settings: ServerSettings,
     worker_id: str,
     *,
-    stop_event: EventType | threading.Event | None = None,
+    stop_event: threading.Event | StopRequest | None = None,
     device: str | None = None,
     store: JobStore | None = None,
     storage: Storage | None = None,
     pipeline: Any = None,
 ) -> None:
-    """Load the pipeline, then claim and run jobs until `stop_event` is set. The store and the
-    storage default to the ones the settings' URLs name."""
-    stop = stop_event or threading.Event()
+    """Load the pipeline, then claim and run jobs until stopped (`stop_event`: a `StopRequest`,
+    or a plain event that stops at once). The store and the storage default to the ones the
+    settings' URLs name."""
+    if isinstance(stop_event, StopRequest):
+        stop = stop_event
+    else:
+        stop = StopRequest(settings.drain_timeout_s, event=stop_event)
     own_store, own_storage = store is None, storage is None
     store = store or open_store(settings.job_store_url, retry_s=WORKER_STORE_RETRY_S)
     storage = storage or open_storage(settings.storage_url)
     heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
 
-    parent = multiprocessing.parent_process()  # None when run by `ovi worker`
-
-    def stopping() -> bool:
-        if stop.is_set() or heartbeat.parent_gone.is_set():
-            return True
-        return parent is not None and not parent.is_alive()  # checked between steps too
-
     try:
         if pipeline is None:
-            log.info("worker %s: loading %s", worker_id, settings.model_name)
-            t0 = time.perf_counter()
-            try:
-                pipeline = load_pipeline(settings, device)
-            except Exception as exc:
-                heartbeat.set("failed", detail=f"{type(exc).__name__}: {exc}")
-                raise
-            log.info("worker %s: ready in %.1fs", worker_id, time.perf_counter() - t0)
+            pipeline = _load_or_fail(settings, worker_id, device, heartbeat, stop)
+            if pipeline is None:
+                return
         heartbeat.set("ready", detail="")
         ctx = JobContext(
             store=store,
             storage=storage,
             worker_id=worker_id,
             tmp_dir=settings.tmp_dir,
-            stopping=stopping,
+            stopping=stop.release_now,
             on_job=lambda job_id: heartbeat.set(job_id=job_id),
         )
-        backoff = settings.poll_interval_s
-        while not stopping():
+        delay = 0.0
+        while not stop.is_set():
             try:
                 job = store.claim(worker_id)
-            except StoreUnavailableError as exc:  # e.g. Redis restarting: wait, then carry on
-                backoff = min(MAX_STORE_BACKOFF_S, backoff * 2)
-                log.warning("worker %s: %s; retrying in %.1fs", worker_id, exc, backoff)
-                stop.wait(backoff)
+            except Exception as exc:  # Redis restarting, full disk, locked or broken store
+                delay = min(MAX_STORE_BACKOFF_S, max(settings.poll_interval_s, delay * 2))
+                log.warning(
+                    "worker %s: claim failed (%s); retrying in %.1fs", worker_id, exc, delay
+                )
+                heartbeat.set(detail=f"job store fault: {type(exc).__name__}: {exc}")
+                stop.wait(delay)
                 continue
-            backoff = settings.poll_interval_s
+            if delay:
+                delay = 0.0
+                heartbeat.set(detail="")
             if job is None:
                 stop.wait(settings.poll_interval_s)
                 continue
@@ -370,9 +494,51 @@ def run_worker(
             store.close()
 
 
-def worker_process_main(
-    settings: ServerSettings, worker_id: str, slot: int, stop_event: EventType
+def _load_or_fail(
+    settings: ServerSettings,
+    worker_id: str,
+    device: str | None,
+    heartbeat: Heartbeat,
+    stop: StopRequest,
+) -> Any:
+    """The loaded pipeline; or, if it cannot load, None after staying `failed` (with the
+    reason, for `/health`) until stopped: a model that does not load is not retried in a loop."""
+    log.info("worker %s: loading %s", worker_id, settings.model_name)
+    t0 = time.perf_counter()
+    if stop.is_set():
+        return None
+    try:
+        stop.loading = True
+        pipeline = load_pipeline(settings, device)
+    except Exception as exc:
+        stop.loading = False
+        reason = f"cannot load {settings.model_name}: {type(exc).__name__}: {exc}"
+        log.error("worker %s: %s", worker_id, reason)
+        heartbeat.set("failed", detail=reason)
+        while not stop.wait(1.0):
+            pass
+        return None
+    finally:
+        stop.loading = False
+    log.info("worker %s: ready in %.1fs", worker_id, time.perf_counter() - t0)
+    return pipeline
+
+
+def run_worker_until_signalled(
+    settings: ServerSettings, worker_id: str, device: str | None = None
 ) -> None:
+    """`run_worker` in a process of its own (a spawned worker, `ovi worker`): SIGTERM/SIGINT
+    drain it, and a watchdog bounds the stop and follows the parent's death."""
+    stop = StopRequest(settings.drain_timeout_s)
+    install_stop_signals(stop)
+    Watchdog(stop, settings.shutdown_grace_s).start()
+    try:
+        run_worker(settings, worker_id, stop_event=stop, device=device)
+    except KeyboardInterrupt:  # stopped while the model loaded
+        log.info("worker %s: stopped while loading", worker_id)
+
+
+def worker_process_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     """Entry point of a spawned worker process."""
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -385,7 +551,4 @@ def worker_process_main(
         settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or "")
     ):
         device = f"cuda:{slot}"  # one worker per GPU
-    try:
-        run_worker(settings, worker_id, stop_event=stop_event, device=device)
-    except KeyboardInterrupt:
-        pass
+    run_worker_until_signalled(settings, worker_id, device)

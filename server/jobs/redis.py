@@ -31,8 +31,8 @@ import functools
 import json
 import time
 import uuid
-from dataclasses import fields as dataclass_fields
 from collections.abc import Callable
+from dataclasses import fields as dataclass_fields
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -512,7 +512,11 @@ class RedisJobStore:
             raw = self._client.hgetall(key)
         else:  # every field but the input (a status poll must not read a 10 MB prompt)
             values = self._client.hmget(key, _FIELDS_NO_INPUT)
-            raw = {n.encode(): v for n, v in zip(_FIELDS_NO_INPUT, values) if v is not None}
+            raw = {
+                n.encode(): v
+                for n, v in zip(_FIELDS_NO_INPUT, values, strict=True)
+                if v is not None
+            }
         if not raw:
             raise JobNotFoundError(request_id)
         job = self._job(raw)

@@ -114,6 +114,40 @@ _HELD = "SELECT cancel_requested FROM jobs WHERE id=? AND status=? AND worker_id
 _REQUEUE = "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL, start_deadline=NULL"
 
 
+class DatabaseCorruptError(ValueError):
+    """The job database file is not a healthy SQLite job store (`check_database`)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"job database {path} is damaged ({problem})")
+
+
+def check_database(path: str | Path) -> int:
+    """`PRAGMA quick_check` and the stored schema version of an existing job database: its
+    schema version (0: an empty file), or `DatabaseCorruptError`; a ValueError for a schema
+    newer than this server's. Opens nothing that is not there already."""
+    path = Path(path)
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # not a database, malformed, truncated
+        raise DatabaseCorruptError(path, str(exc)) from None
+    problems = [" ".join(str(r[0]).split()) for r in rows if r[0] != "ok"]  # one line each
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise DatabaseCorruptError(path, "; ".join(problems[:2]) + more)
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has job-store schema {version}; this server knows {SCHEMA_VERSION}"
+            " (written by a newer version)"
+        )
+    return version
+
+
 class SqliteJobStore:
     """SQLite implementation of `server.jobs.base.JobStore`; one connection per instance."""
 

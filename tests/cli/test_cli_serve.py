@@ -48,8 +48,10 @@ def test_flags_become_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_serve_refuses_open_bind_without_keys(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(kw))
+    calls: list[tuple[Any, bool]] = []
+    monkeypatch.setattr(
+        "server.lifecycle.serve", lambda settings, recover_db: calls.append((settings, recover_db))
+    )
     monkeypatch.setattr("cli.serve.check_weights", lambda settings: None)  # no files here
     with pytest.raises(ValueError, match="without API keys"):
         serve.run(parse("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)))
@@ -70,11 +72,14 @@ def test_serve_refuses_open_bind_without_keys(
             str(key),
             "--data-dir",
             str(tmp_path),
+            "--recover-db",
+            "--drain-timeout",
+            "7.5",
         )
     )
-    assert calls[0]["host"] == "0.0.0.0"
-    assert calls[1]["port"] == 8443 and calls[1]["ssl_certfile"] == str(cert)
-    assert calls[1]["proxy_headers"] is False
+    assert calls[0][0].host == "0.0.0.0" and calls[0][1] is False
+    assert calls[1][0].port == 8443 and calls[1][0].tls_cert == cert
+    assert calls[1][0].drain_timeout_s == 7.5 and calls[1][1] is True
 
 
 def test_worker_command_is_registered() -> None:
@@ -153,15 +158,13 @@ def test_worker_gpus_and_redis_urls(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_worker_gpus_give_each_supervised_process_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     import server.worker as worker_module
 
     seen: list[str | None] = []
     monkeypatch.setattr(
-        worker_module, "run_worker", lambda *a, device=None, **k: seen.append(device)
+        worker_module, "run_worker_until_signalled", lambda s, wid, device=None: seen.append(device)
     )
     s = settings_from_args(parse("worker", "--preset", "tiny", "--gpus", "2,5"))
     for slot in (0, 1):
-        worker_module.worker_process_main(s, f"w{slot}", slot, threading.Event())
+        worker_module.worker_process_main(s, f"w{slot}", slot)
     assert seen == ["cuda:2", "cuda:5"]

@@ -87,12 +87,15 @@ def test_api_answers_503_with_retry_after_while_redis_is_down(
             for call in (
                 lambda: client.get(status_url, headers=AUTH),
                 lambda: client.post("/queue/fal-ai/ovi", json={"prompt": "x"}, headers=AUTH),
-                lambda: client.get("/health"),
             ):
                 r = call()
                 assert r.status_code == 503, r.text
                 assert r.headers["Retry-After"] == "1"
                 assert r.json()["error_type"] == "service_unavailable"
+            r = client.get("/health", headers=AUTH)  # `failed`, with the reason
+            assert r.status_code == 503 and r.headers["Retry-After"], r.text
+            assert r.json()["status"] == "failed"
+            assert "job store unavailable" in r.json()["reasons"][0]
             own_redis.start()
             r = client.get(status_url, headers=AUTH)
             assert r.status_code in (200, 202) and r.json()["status"] == "IN_QUEUE"

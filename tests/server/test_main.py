@@ -65,8 +65,8 @@ def test_unhandled_errors_are_500_with_fal_shape(
     def explode(*a: Any, **k: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store_of(app), "counts", explode)
-    r = client.get("/health")
+    monkeypatch.setattr(store_of(app), "get", explode)  # (/health reports store faults itself)
+    r = client.get("/queue/fal-ai/ovi/requests/abc/status", headers=AUTH)
     assert r.status_code == 500
     assert r.json() == {"detail": "Internal server error", "error_type": "internal_error"}
     assert r.headers["x-fal-error-type"] == "internal_error"
