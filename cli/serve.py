@@ -27,6 +27,11 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
     p.add_argument("--storage", help="file storage URL (default file://<data-dir>/files)")
     p.add_argument("--config", type=Path, help="TOML settings file (also OVI_CONFIG)")
     p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        help="plain lines (default) or one JSON object per line (request id, phase, duration)",
+    )
     if not network:
         return
     net = p.add_argument_group("network")
@@ -77,10 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server.logs import configure_logging
     from server.main import create_app
 
     settings = settings_from_args(args)
     settings.check_bind_policy()  # ValueError -> "error: ..." from the CLI
+    configure_logging(settings.log_level, settings.log_format, process="api")
     if settings.workers > 0:
         check_weights(settings)
     scheme = "https" if settings.tls_cert else "http"
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (plain or JSON)
+        access_log=settings.log_format == "plain",  # JSON mode: ovi.access has the request id
         proxy_headers=False,  # X-Forwarded-* are honoured by us, from trusted_proxies only
         server_header=False,
         timeout_graceful_shutdown=5,

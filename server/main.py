@@ -25,8 +25,12 @@ from server.errors import FalError, error_response
 from server.fetch import ImageInputError
 from server.jobs import JobStore, JobStoreError, open_store
 from server.maintenance import Maintenance
+from server.metrics import ApiMetrics, MeteredStorage, MetricsMiddleware
 from server.middleware import add_middleware
+from server.openai_api import router as openai_videos
+from server.openai_api.serving import VideoService
 from server.routes import files, health, queue, sync, webhooks
+from server.routes import metrics as metrics_route
 from server.routes import storage as uploads
 from server.serving import Serving
 from server.settings import ServerSettings, get_settings
@@ -80,9 +84,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = store or await to_thread.run_sync(open_store, settings.job_store_url)
-        app.state.storage = storage or await to_thread.run_sync(open_storage, settings.storage_url)
+        opened = storage or await to_thread.run_sync(open_storage, settings.storage_url)
+        app.state.metrics = ApiMetrics(app.state.store)
+        app.state.storage = MeteredStorage(opened, app.state.metrics.stored)
         app.state.serving = Serving(settings, app.state.store, app.state.storage)
+        app.state.videos = VideoService(app.state.serving)
         app.state.webhooks = WebhookDispatcher.from_settings(settings, app.state.store)
+        app.state.webhooks.observer = app.state.metrics.webhook_attempt
         app.state.webhooks.start()
         app.state.supervisor = None
         if settings.workers > 0:
@@ -108,7 +116,7 @@ def create_app(
             await to_thread.run_sync(maintenance.pump_webhooks)
             await to_thread.run_sync(app.state.webhooks.stop)
             if storage is None:
-                app.state.storage.close()
+                opened.close()
             if store is None:
                 app.state.store.close()
 
@@ -132,8 +140,12 @@ def create_app(
         sync.router,
         uploads.router,
         webhooks.router,
+        metrics_route.router,
+        openai_videos.router,
     ]
     for router in routers:
         app.include_router(router)
+    # Innermost: it reads the matched route from the scope the router fills in.
+    app.add_middleware(MetricsMiddleware, metrics=lambda: getattr(app.state, "metrics", None))
     add_middleware(app, settings)
     return app

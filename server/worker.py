@@ -32,6 +32,8 @@ from typing import Any
 from model.sampling import SamplingParams
 from server.jobs import open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
+from server.logs import REQUEST_ID, configure_logging
+from server.metrics import StepTimer, WorkerMetrics
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
 from server.storage import Storage, open_storage, read_all
@@ -117,6 +119,7 @@ class JobContext:
     tmp_dir: Path
     stopping: Callable[[], bool] = lambda: False  # shutdown: release instead of finishing
     on_job: Callable[[str | None], None] = field(default=lambda _id: None)
+    metrics: WorkerMetrics | None = None
 
 
 def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
@@ -131,6 +134,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
     store = ctx.store
     started = time.perf_counter()
     user_cancelled = False
+    steps = StepTimer(ctx.metrics)
 
     def should_cancel() -> bool:
         nonlocal user_cancelled
@@ -140,11 +144,14 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         return ctx.stopping()
 
     def on_step(info: Any) -> None:
+        steps(info.elapsed)
         store.append_log(
             job.id, f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER"
         )
 
-    def finish(outcome: Outcome) -> None:
+    def finish(outcome: Outcome, label: str, timings: dict[str, float] | None = None) -> None:
+        if ctx.metrics is not None:
+            ctx.metrics.observe_job(label, time.perf_counter() - started, timings)
         if not store.complete(job.id, ctx.worker_id, outcome):
             log.warning("job %s was taken from this worker before it finished", job.id)
             return
@@ -155,6 +162,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
                 log.exception("could not delete input %s of job %s", key, job.id)
 
     ctx.on_job(job.id)
+    token = REQUEST_ID.set(job.id)  # every log line of this job carries its id
     try:
         image = None
         if job.app == I2V_APP:
@@ -168,8 +176,11 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         store.append_log(job.id, "Encoding MP4")
         ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
         path = ctx.tmp_dir / f"{job.id}.mp4"
+        timings = {**out.timings, "steps": float(steps.steps)}
         try:
+            clock = time.perf_counter()
             write_mp4(path, out.video, out.audio, fps=out.fps, sample_rate=out.sample_rate)
+            timings["mux"] = time.perf_counter() - clock
             stored = ctx.storage.save(
                 path.read_bytes(),
                 kind="outputs",
@@ -178,6 +189,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             )
         finally:
             path.unlink(missing_ok=True)
+        if ctx.metrics is not None:
+            ctx.metrics.storage_bytes.labels("outputs").inc(stored.file_size)
         result = {
             "video": {
                 "url": stored.url,
@@ -189,11 +202,29 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         }
         total = time.perf_counter() - started
         store.append_log(job.id, f"Done in {total:.1f}s (seed {out.seed})")
-        finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
+        log.info(
+            "job %s done in %.2fs", job.id, total, extra={"request_id": job.id, "duration_s": total}
+        )
+        for phase, seconds in timings.items():
+            if phase != "steps":
+                log.info(
+                    "job %s %s %.3fs",
+                    job.id,
+                    phase,
+                    seconds,
+                    extra={"request_id": job.id, "phase": phase, "duration_s": seconds},
+                )
+        finish(
+            Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}),
+            "ok",
+            timings,
+        )
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
             store.append_log(job.id, "Cancelled", source="SYSTEM")
-            finish(Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}))
+            finish(
+                Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}), "cancelled"
+            )
         else:
             store.release(job.id, ctx.worker_id)
     except Exception as exc:  # a job's failure is recorded, never fatal to the worker
@@ -203,10 +234,11 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         else:
             log.info("job %s rejected: %s", job.id, error.message)
         store.append_log(job.id, error.message, level="ERROR", source="SYSTEM")
-        finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}))
+        finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}), "error")
         if "memory" in error.message.lower():
             _free_accelerator_memory()
     finally:
+        REQUEST_ID.reset(token)
         ctx.on_job(None)
 
 
@@ -243,9 +275,16 @@ class Heartbeat:
     """Reports this worker's state every `interval` s from a daemon thread; notices when the
     parent (the API process) is gone and asks the worker to stop."""
 
-    def __init__(self, store: JobStore, worker_id: str, interval: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        interval: float,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.interval = interval
+        self.metrics = metrics  # its snapshot rides on every heartbeat (server.metrics)
         self.info = WorkerInfo(
             id=worker_id,
             state="warming",
@@ -266,7 +305,12 @@ class Heartbeat:
 
     def beat(self) -> None:
         try:
-            self.store.heartbeat(WorkerInfo(**{**self.info.__dict__, "heartbeat_at": time.time()}))
+            metrics = self.metrics.snapshot() if self.metrics is not None else []
+            self.store.heartbeat(
+                WorkerInfo(
+                    **{**self.info.__dict__, "heartbeat_at": time.time(), "metrics": metrics}
+                )
+            )
         except Exception:
             log.exception("heartbeat failed")
 
@@ -297,14 +341,17 @@ def run_worker(
     store: JobStore | None = None,
     storage: Storage | None = None,
     pipeline: Any = None,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Load the pipeline, then claim and run jobs until `stop_event` is set. The store and the
-    storage default to the ones the settings' URLs name."""
+    storage default to the ones the settings' URLs name; `metrics` to a fresh registry, which
+    every heartbeat reports (the API's /metrics shows it)."""
     stop = stop_event or threading.Event()
     own_store, own_storage = store is None, storage is None
     store = store or open_store(settings.job_store_url)
     storage = storage or open_storage(settings.storage_url)
-    heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s)
+    metrics = metrics or WorkerMetrics()
+    heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s, metrics)
     heartbeat.start()
 
     parent = multiprocessing.parent_process()  # None when run by `ovi worker`
@@ -332,13 +379,22 @@ def run_worker(
             tmp_dir=settings.tmp_dir,
             stopping=stopping,
             on_job=lambda job_id: heartbeat.set(job_id=job_id),
+            metrics=metrics,
         )
         while not stopping():
             job = store.claim(worker_id)
             if job is None:
                 stop.wait(settings.poll_interval_s)
                 continue
-            log.info("worker %s: running %s (%s)", worker_id, job.id, job.app)
+            if job.started_at is not None:
+                metrics.queue_wait_seconds.observe(max(0.0, job.started_at - job.created_at))
+            log.info(
+                "worker %s: running %s (%s)",
+                worker_id,
+                job.id,
+                job.app,
+                extra={"request_id": job.id, "phase": "claimed"},
+            )
             run_job(pipeline, job, ctx)
     finally:
         heartbeat.stop()
@@ -356,10 +412,7 @@ def worker_process_main(
     settings: ServerSettings, worker_id: str, slot: int, stop_event: EventType
 ) -> None:
     """Entry point of a spawned worker process."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker[{slot}] %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, process=f"worker[{slot}]")
     device = settings.device
     if settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or ""):
         device = f"cuda:{slot}"  # one worker per GPU
