@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from anyio import to_thread
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from model.presets import VIDEO_FPS, get_preset
 from server.errors import BadRequestError, FileNotFoundHTTPError, RequestInProgressError
@@ -62,6 +64,23 @@ def progress_of(job: Job, logs: list[str]) -> int:
             done, total = int(match[1]), int(match[2])
             return min(99, 100 * done // max(1, total))
     return 0
+
+
+_FIELD_NAMES = {"image_url": "input_reference", "resolution": "size"}
+
+
+def _body_errors(exc: Exception) -> list[dict[str, Any]]:
+    """A fal input's validation errors as `/v1/videos` body errors (OpenAI's field names)."""
+    if not isinstance(exc, ValidationError):
+        return [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+    return [
+        {
+            "loc": ["body", *(_FIELD_NAMES.get(str(p), p) for p in err["loc"])],
+            "msg": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False)
+    ]
 
 
 class VideoService:
@@ -150,12 +169,15 @@ class VideoService:
         image_url = request.input_reference.image_url if request.input_reference else None
         if image is not None:
             image_url = data_uri(*image)
-        if image_url is not None:
-            app, body = I2V_APP, OviImageToVideoInput(**fields, image_url=image_url)
-        else:
-            if request.size is not None:
-                fields["resolution"] = closest_resolution(request.size)
-            app, body = T2V_APP, OviInput(**fields)
+        try:
+            if image_url is not None:
+                app, body = I2V_APP, OviImageToVideoInput(**fields, image_url=image_url)
+            else:
+                if request.size is not None:
+                    fields["resolution"] = closest_resolution(request.size)
+                app, body = T2V_APP, OviInput(**fields)
+        except (ValidationError, ValueError) as e:  # fal's ranges: a 422 naming our field
+            raise RequestValidationError(_body_errors(e)) from None
         job = await self.serving.submit(app, body, submission)
         return self.to_video(job)
 

@@ -125,7 +125,9 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
         + "".join(f"127.0.0.1 {name}\n" for name in FAL_HOSTS)
     )
     subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True, timeout=10)
+    clock = time.monotonic()
     server = start_server(base / "data", base / "tls", port=443, fal_hosts=True)
+    timings = {"server_start_s": time.monotonic() - clock}
     try:
         out: dict[str, Any] = {}
         python = subprocess.run(
@@ -138,6 +140,7 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
         if python.returncode != 0:
             raise RuntimeError(f"fal-client failed:\n{python.stderr}\n{server.log_tail()}")
         out["python"] = json.loads(python.stdout.strip().splitlines()[-1])
+        timings["python_client_s"] = time.monotonic() - clock - sum(timings.values())
         if with_node == "node":
             js = subprocess.run(
                 ["node", "dropin.mjs"],
@@ -152,6 +155,9 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
             if js.returncode != 0:
                 raise RuntimeError(f"@fal-ai/client failed:\n{js.stderr}\n{server.log_tail()}")
             out["js"] = json.loads(js.stdout.strip().splitlines()[-1])
+            timings["js_client_s"] = time.monotonic() - clock - sum(timings.values())
+        out["timings"] = timings
+        print(json.dumps(timings), file=sys.stderr)
         checked = 0
         with server.http() as client:  # one output decodes (fetched as https://fal.run/...)
             url = out["python"]["run"]["result"]["video"]["url"]

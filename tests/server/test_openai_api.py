@@ -45,6 +45,11 @@ def test_routes_validate_and_map_to_the_queue(tmp_path) -> None:
         )
         assert r.status_code == 422
         r = client.post(
+            "/v1/videos", json={"prompt": "x", "num_inference_steps": 500}, headers=BEARER
+        )
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "num_inference_steps"]
+        r = client.post(
             "/v1/videos",
             data={"prompt": "a cat", "size": "720x720", "seed": "5"},
             headers=BEARER,
