@@ -13,6 +13,7 @@ import pytest
 from _app import AUTH, make_settings, running_app
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.jobs.base import WorkerInfo
 from server.metrics import PHASES, WorkerMetrics, merge_snapshots, snapshot
 from server.storage import LocalStorage
 from server.worker import run_worker
@@ -192,3 +193,33 @@ def test_snapshots_merge_under_a_worker_label() -> None:
     assert jobs == {("a", "ok"): 1.0, ("b", "error"): 1.0}
     rate = [s for s in families["ovi_dit_steps_per_second"].samples if s.labels["worker"] == "a"]
     assert rate[0].value == 4.0
+
+
+def test_grafana_dashboard_queries_only_exported_metrics(tmp_path) -> None:
+    """docs/grafana-dashboard.json is valid JSON and every `ovi_*` name it queries is exported."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    worker = WorkerMetrics()
+    worker.observe_job("ok", 1.0, {"denoise": 1.0, "steps": 2.0})
+    worker.step_seconds.observe(0.5)
+    worker.queue_wait_seconds.observe(0.1)
+    worker.gpu_memory_bytes.labels("allocated").set(1)
+    worker.storage_bytes.labels("outputs").inc(1)
+    with running_app(make_settings(tmp_path / "data")) as (client, app):
+        app.state.metrics.webhook_attempt("delivered")
+        app.state.store.heartbeat(
+            WorkerInfo(id="w", state="ready", heartbeat_at=time.time(), metrics=worker.snapshot())
+        )
+        scrape(client)  # a request counted before the next scrape
+        _, samples, _ = scrape(client)
+    exported = {name for name, _ in samples}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bovi_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exported, queried - exported
