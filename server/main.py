@@ -25,7 +25,7 @@ from server.errors import FalError, error_response
 from server.fetch import ImageInputError
 from server.jobs import JobStore, JobStoreError, open_store
 from server.maintenance import Maintenance
-from server.metrics import ApiMetrics, MeteredStorage, MetricsMiddleware
+from server.metrics import ApiMetrics, MetricsMiddleware
 from server.middleware import add_middleware
 from server.openai_api import router as openai_videos
 from server.openai_api.serving import VideoService
@@ -84,9 +84,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = store or await to_thread.run_sync(open_store, settings.job_store_url)
-        opened = storage or await to_thread.run_sync(open_storage, settings.storage_url)
+        app.state.storage = storage or await to_thread.run_sync(open_storage, settings.storage_url)
         app.state.metrics = ApiMetrics(app.state.store)
-        app.state.storage = MeteredStorage(opened, app.state.metrics.stored)
+        app.state.storage.on_save = app.state.metrics.stored
         app.state.serving = Serving(settings, app.state.store, app.state.storage)
         app.state.videos = VideoService(app.state.serving)
         app.state.webhooks = WebhookDispatcher.from_settings(settings, app.state.store)
@@ -116,7 +116,7 @@ def create_app(
             await to_thread.run_sync(maintenance.pump_webhooks)
             await to_thread.run_sync(app.state.webhooks.stop)
             if storage is None:
-                opened.close()
+                app.state.storage.close()
             if store is None:
                 app.state.store.close()
 

@@ -328,19 +328,3 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_time)
         finally:
             record()  # no response started: counted as a 5xx
-
-
-class MeteredStorage:
-    """A storage that counts the bytes saved through it; everything else passes through."""
-
-    def __init__(self, inner: Any, on_save: Callable[[str, int], None]) -> None:
-        self._inner = inner
-        self._on_save = on_save
-
-    def save(self, data: bytes, *, kind: str, **kwargs: Any) -> Any:
-        stored = self._inner.save(data, kind=kind, **kwargs)
-        self._on_save(kind, stored.file_size)
-        return stored
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

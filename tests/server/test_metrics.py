@@ -21,6 +21,17 @@ from server.worker import run_worker
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def png_data_uri() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 32), (9, 90, 200)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def scrape(client) -> tuple[str, Samples, dict[str, str]]:
     """The text, every sample by (name, labels) and every family's type."""
     r = client.get("/metrics", headers=AUTH)
@@ -167,7 +178,11 @@ def test_metrics_need_the_key_and_count_refusals(tmp_path) -> None:
         assert client.get("/metrics").status_code == 401
         assert client.get("/queue/fal-ai/ovi/requests/nope/status", headers=AUTH).status_code == 404
         assert client.get("/no/such/path").status_code == 404
+        body = {"prompt": "x", "image_url": png_data_uri()}
+        r = client.post("/queue/fal-ai/ovi/image-to-video", json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
         _, samples, _ = scrape(client)
+    assert value(samples, "ovi_storage_written_bytes_total", kind="inputs", worker="api") > 0
     path = "/queue/fal-ai/ovi/requests/{request_id}/status"
     assert (
         value(samples, "ovi_http_requests_total", endpoint=path, method="GET", outcome="4xx") == 1
