@@ -10,7 +10,8 @@ bind-mounts its own /etc/hosts that sends every name of `server.fal_hosts.FAL_HO
   `requestMiddleware`, no proxy).
 
 Both do subscribe, submit/status/result, cancel, run and uploads (Python `upload_file`; JS the
-automatic upload of a `Blob` input). This file is also the in-namespace driver and the Python
+automatic upload of a `Blob` input). The server runs with `--log-format json` (via
+`OVI_LOG_FORMAT`), and its log is checked to be JSON lines with request ids, phases, durations. This file is also the in-namespace driver and the Python
 client program (run as a script); the test reads the JSON they print.
 """
 
@@ -101,6 +102,13 @@ def test_unmodified_clients_in_a_namespace(tmp_path) -> None:
     assert py["run"]["result"]["seed"] == 7
     assert py["run"]["result"]["video"]["url"].startswith("https://fal.run/files/outputs/")
     assert out["mp4_checked"] >= 1
+    # --log-format json: every line is one JSON object; HTTP and generation phases carry ids
+    log = out["log"]
+    assert log["lines"] > 0 and log["json"] == log["lines"], log["not_json"]
+    assert log["access_with_id"] > 0
+    assert {"http", "text_encode", "denoise", "vae_decode", "audio_decode", "mux"} <= set(
+        log["phases_with_id"]
+    ), log
 
     if not node:
         pytest.skip("node/npm missing: the Python client passed; @fal-ai/client was not run")
@@ -126,7 +134,9 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
     )
     subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True, timeout=10)
     clock = time.monotonic()
-    server = start_server(base / "data", base / "tls", port=443, fal_hosts=True)
+    server = start_server(
+        base / "data", base / "tls", port=443, fal_hosts=True, extra_env={"OVI_LOG_FORMAT": "json"}
+    )
     timings = {"server_start_s": time.monotonic() - clock}
     try:
         out: dict[str, Any] = {}
@@ -167,9 +177,36 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
         out["mp4_checked"] = checked
         uploads = (base / "data" / "files" / "uploads").glob("*/*")
         out["uploaded_sha256"] = [hashlib.sha256(p.read_bytes()).hexdigest() for p in uploads]
-        return out
     finally:
         server.stop()
+    out["log"] = _json_log_summary(server.log_path.read_text(errors="replace"))
+    return out
+
+
+def _json_log_summary(text: str) -> dict[str, Any]:
+    """What the server's `--log-format json` log held: lines, JSON lines, events with ids."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return {
+        "lines": len(lines),
+        "json": len(events),
+        "not_json": [line for line in lines if not line.startswith("{")][:5],
+        "access_with_id": sum(
+            1 for e in events if e.get("logger") == "ovi.access" and e.get("request_id")
+        ),
+        "phases_with_id": sorted(
+            {
+                e["phase"]
+                for e in events
+                if e.get("request_id") and "duration_s" in e and "phase" in e
+            }
+        ),
+    }
 
 
 # --- the Python client program (a fresh interpreter: FAL_KEY and SSL_CERT_FILE only) ---
