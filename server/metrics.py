@@ -45,13 +45,18 @@ Snapshot = list[dict[str, Any]]  # one dict per metric family: name, type, help,
 
 
 def snapshot(registry: CollectorRegistry) -> Snapshot:
-    """A registry's current values as plain JSON-able data (what a worker heartbeats)."""
+    """A registry's current values as plain JSON-able data (what a worker heartbeats), without
+    the `_created` timestamps (a third of the size, and meaningless once relayed)."""
     return [
         {
             "name": family.name,
             "type": family.type,
             "help": family.documentation,
-            "samples": [[s.name, dict(s.labels), s.value] for s in family.samples],
+            "samples": [
+                [s.name, dict(s.labels), s.value]
+                for s in family.samples
+                if not s.name.endswith("_created")
+            ],
         }
         for family in registry.collect()
     ]
