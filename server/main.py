@@ -46,7 +46,8 @@ Self-hosted, fal-compatible API for Ovi (audio + video generation).
 Point fal's clients at this server: `FAL_RUN_HOST=<host:port>`,
 `FAL_QUEUE_RUN_HOST=<host:port>/queue`, `FAL_KEY=<key>` (and `SSL_CERT_FILE` for a local CA).
 Apps: `fal-ai/ovi` (text-to-video) and `fal-ai/ovi/image-to-video`. Send
-`Authorization: Key <key>`.
+`Authorization: Key <key>`. The same queue also answers OpenAI-style at `/v1/videos`
+(`Authorization: Bearer <key>`); Prometheus metrics at `/metrics`.
 """
 
 # Everything a request may raise that is answered on purpose; the rest is a logged 500.
