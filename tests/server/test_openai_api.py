@@ -3,9 +3,11 @@ through the app (the SDK round trip is tests/e2e/test_openai_videos.py)."""
 
 from __future__ import annotations
 
+import io
 import time
 
 from _app import AUTH, KEY, RESULT, finish_next, make_settings, running_app
+from PIL import Image
 
 from server.jobs import Job, JobStatus
 from server.openai_api.serving import closest_resolution, progress_of
@@ -72,3 +74,24 @@ def test_routes_validate_and_map_to_the_queue(tmp_path) -> None:
         assert RESULT["video"]["url"].startswith("/files/outputs/")
         r = client.get(f"/v1/videos/{video['id']}/content", headers=BEARER)
         assert r.status_code == 404  # RESULT names a file that was never stored
+
+        png = io.BytesIO()
+        Image.new("RGB", (40, 32), (1, 2, 3)).save(png, format="PNG")
+        r = client.post(
+            "/v1/videos",
+            data={"prompt": "a lamp"},
+            files={"input_reference": ("f.png", png.getvalue(), "image/png")},
+            headers=BEARER,
+        )
+        assert r.status_code == 200, r.text
+        stored = app.state.store.get(r.json()["id"])
+        assert stored.app == "fal-ai/ovi/image-to-video" and "image" in stored.input_files
+        saved = app.state.storage.stat(stored.input_files["image"])
+        assert saved.file_size == len(png.getvalue())
+        r = client.post(
+            "/v1/videos",
+            data={"prompt": "a lamp"},
+            files={"input_reference": ("f.png", b"not an image", "image/png")},
+            headers=BEARER,
+        )
+        assert r.status_code == 422, r.text
