@@ -34,14 +34,14 @@ const out = {};
 // subscribe, with a Blob input the client uploads by itself (rest.fal.ai + PUT)
 const image = new Blob([await readFile(process.env.OVI_IMAGE_FILE)], { type: "image/png" });
 const sub = await fal.subscribe(I2V, {
-  input: { prompt: "A kite rises. <S>Up!<E>", image_url: image, num_inference_steps: 2 },
+  input: { prompt: "A kite rises. <S>Up!<E>", image_url: image, num_inference_steps: 1 },
   logs: true,
 });
 out.subscribe = { requestId: sub.requestId, data: sub.data, bytes: await videoSize(sub.data.video.url) };
 
 // submit, status, result
 const { request_id: submitted } = await fal.queue.submit(T2V, {
-  input: { prompt: "Waves on a shore.", num_inference_steps: 2, seed: 5 },
+  input: { prompt: "Waves on a shore.", num_inference_steps: 1, seed: 5 },
 });
 const done = await untilCompleted(T2V, submitted);
 const result = await fal.queue.result(T2V, { requestId: submitted });
@@ -56,7 +56,7 @@ const after = await untilCompleted(T2V, cancelled);
 out.cancel = { requestId: cancelled, status: after.status, error_type: after.error_type ?? null };
 
 // run (fal.run, the sync route)
-const run = await fal.run(T2V, { input: { prompt: "A bell rings.", num_inference_steps: 2, seed: 9 } });
+const run = await fal.run(T2V, { input: { prompt: "A bell rings.", num_inference_steps: 1, seed: 9 } });
 out.run = { requestId: run.requestId, data: run.data };
 
 console.log(JSON.stringify(out));
