@@ -36,6 +36,11 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
         help="on SIGTERM, let a running job finish for this long before it is released back"
         " to the queue (default 0: released at its next step)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        help="plain lines (default) or one JSON object per line (request id, phase, duration)",
+    )
     if not network:
         return
     net = p.add_argument_group("network")
@@ -134,10 +139,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from server.lifecycle import serve
+    from server.logs import configure_logging
 
     settings = settings_from_args(args)
     settings.check_bind_policy()  # ValueError -> "error: ..." from the CLI
     check_deployment(settings)
+    configure_logging(settings.log_level, settings.log_format, process="api")
     if settings.workers > 0:
         check_weights(settings)
     scheme = "https" if settings.tls_cert else "http"

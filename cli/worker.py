@@ -14,6 +14,8 @@ from types import FrameType
 
 from cli.serve import add_settings_flags, check_weights, settings_from_args
 
+log = logging.getLogger("ovi.worker")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser(
@@ -27,19 +29,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--gpus",
         help="comma-separated GPU indices: one supervised worker process per GPU (e.g. 0,1,2,3)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics"
+        " (one foreground worker; with --gpus the workers report through the job store)",
+    )
     worker.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.logs import configure_logging
+
     settings = settings_from_args(args)
     check_weights(settings)
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings.log_level, settings.log_format, process="worker")
     if settings.gpus:
         return run_supervised(settings)
+    from server.metrics import WorkerMetrics
     from server.worker import run_worker_until_signalled
 
     worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
-    run_worker_until_signalled(settings, worker_id)  # SIGTERM/SIGINT drain it
+    metrics = WorkerMetrics()
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+        log.info("worker %s: metrics on port %d", worker_id, settings.metrics_port)
+    run_worker_until_signalled(settings, worker_id, metrics=metrics)  # SIGTERM/SIGINT drain it
     return 0
 
 
@@ -48,13 +65,15 @@ def run_supervised(settings) -> int:  # noqa: ANN001 - ServerSettings, imported 
     from server.jobs import open_store
     from server.supervisor import WorkerSupervisor
 
+    if settings.metrics_port is not None:
+        log.warning("--metrics-port is ignored with --gpus: the workers report through the store")
     settings = settings.model_copy(update={"workers": len(settings.gpus)})
     store = open_store(settings.job_store_url, retry_s=30.0)
     supervisor = WorkerSupervisor(settings, store)
     stop = threading.Event()
     _on_sigterm(stop)
     supervisor.start()
-    logging.getLogger("ovi.worker").info("supervising workers on GPUs %s", ",".join(settings.gpus))
+    log.info("supervising workers on GPUs %s", ",".join(settings.gpus))
     try:
         while not stop.wait(1.0):
             pass

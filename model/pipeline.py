@@ -428,14 +428,24 @@ class OviPipeline:
         return latent.to(self.device, self.dtype)
 
     @torch.no_grad()
-    def decode(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, video: torch.Tensor, audio: torch.Tensor, timings: dict[str, float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Latents to uint8 frames and a waveform; `timings` gets `vae_decode` and
+        `audio_decode` seconds (each ends with a copy to the host, so it includes the device)."""
+        clock = time.perf_counter()
         with self._on_device(self.video_vae):  # 8-bit frames piece by piece, straight to host
             frames = self.video_vae.decode_uint8(video.to(self.dtype), device="cpu")
         frames_np = frames[0].numpy()  # [T, H, W, 3]
+        vae_done = time.perf_counter()
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
             mel = self.audio_vae.decode(audio.float().transpose(1, 2))  # [1, 80, 2*La]
             waveform = self.vocoder(mel)  # [1, 1, samples]
-        return frames_np, waveform[0, 0].float().cpu().numpy()
+        waveform_np = waveform[0, 0].float().cpu().numpy()
+        if timings is not None:
+            timings["vae_decode"] = vae_done - clock
+            timings["audio_decode"] = time.perf_counter() - vae_done
+        return frames_np, waveform_np
 
     @torch.no_grad()
     def __call__(
@@ -479,7 +489,7 @@ class OviPipeline:
         timings["denoise"] = time.perf_counter() - clock
         # 5. decode
         clock = time.perf_counter()
-        frames, waveform = self.decode(video, audio)
+        frames, waveform = self.decode(video, audio, timings)
         timings["decode"] = time.perf_counter() - clock
         return OviOutput(
             video=frames, audio=waveform, seed=seed, height=height, width=width,

@@ -154,6 +154,8 @@ def serve(settings: ServerSettings, *, recover_db: bool = False) -> None:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (plain or JSON)
+        access_log=settings.log_format == "plain",  # JSON mode: ovi.access has the request id
         proxy_headers=False,  # X-Forwarded-* are honoured by us, from trusted_proxies only
         server_header=False,
         timeout_graceful_shutdown=int(UVICORN_CONNECTION_GRACE_S),

@@ -25,9 +25,13 @@ from server.errors import FalError, error_response
 from server.fetch import ImageInputError
 from server.jobs import JobStore, JobStoreError, open_store
 from server.maintenance import Maintenance
+from server.metrics import ApiMetrics, MetricsMiddleware
 from server.middleware import add_middleware
+from server.openai_api import router as openai_videos
+from server.openai_api.serving import VideoService
 from server.readiness import Faults
 from server.routes import files, health, queue, sync, webhooks
+from server.routes import metrics as metrics_route
 from server.routes import storage as uploads
 from server.schemas import RequestError
 from server.serving import Serving
@@ -44,7 +48,8 @@ Self-hosted, fal-compatible API for Ovi (audio + video generation).
 Point fal's clients at this server: `FAL_RUN_HOST=<host:port>`,
 `FAL_QUEUE_RUN_HOST=<host:port>/queue`, `FAL_KEY=<key>` (and `SSL_CERT_FILE` for a local CA).
 Apps: `fal-ai/ovi` (text-to-video) and `fal-ai/ovi/image-to-video`. Send
-`Authorization: Key <key>`.
+`Authorization: Key <key>`. The same queue also answers OpenAI-style at `/v1/videos`
+(`Authorization: Bearer <key>`); Prometheus metrics at `/metrics`.
 """
 
 # What any route may answer besides its own (every error answer carries `error_type` and
@@ -90,10 +95,14 @@ def create_app(
         app.state.store = store or await to_thread.run_sync(open_store, settings.job_store_url)
         app.state.storage = storage or await to_thread.run_sync(open_storage, settings.storage_url)
         app.state.faults = Faults()
+        app.state.metrics = ApiMetrics(app.state.store)
+        app.state.storage.on_save = app.state.metrics.stored
         app.state.serving = Serving(
             settings, app.state.store, app.state.storage, faults=app.state.faults
         )
+        app.state.videos = VideoService(app.state.serving)
         app.state.webhooks = WebhookDispatcher.from_settings(settings, app.state.store)
+        app.state.webhooks.observer = app.state.metrics.webhook_attempt
         app.state.webhooks.start()
         app.state.supervisor = None
         if settings.workers > 0:
@@ -148,8 +157,12 @@ def create_app(
         sync.router,
         uploads.router,
         webhooks.router,
+        metrics_route.router,
+        openai_videos.router,
     ]
     for router in routers:
         app.include_router(router, responses=COMMON_RESPONSES)
+    # Innermost: it reads the matched route from the scope the router fills in.
+    app.add_middleware(MetricsMiddleware, metrics=lambda: getattr(app.state, "metrics", None))
     add_middleware(app, settings)
     return app

@@ -1,4 +1,4 @@
-"""The API's ASGI middleware: fal's `queue.` host at the root, a body-size cap, a body read
+"""The API's ASGI middleware: fal's queue hosts at the root, a body-size cap, a body read
 timeout, the headers every error answer carries, and CORS that admits fal's `x-fal-*` headers.
 `add_middleware(app, settings)` installs them in order."""
 
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import RequestTooLargeError, error_response
+from server.fal_hosts import host_role
 from server.settings import ServerSettings
 
 # Paths that stay at the root on a `queue.` host (everything else gets the /queue prefix).
@@ -33,8 +34,10 @@ _ROOT_PATHS = (
 
 
 class QueueHostMiddleware:
-    """Serve the queue API at the root for requests whose Host starts with `queue.`, like
-    queue.fal.run: `POST /fal-ai/ovi` there is `POST /queue/fal-ai/ovi` here."""
+    """Route by `Host`: the queue API at the root for fal's queue hosts (`server.fal_hosts`) and
+    any host starting with `queue.`, like queue.fal.run: `POST /fal-ai/ovi` there is
+    `POST /queue/fal-ai/ovi` here. fal's other hosts (fal.run, rest.fal.ai, v3.fal.media) are
+    served by the routes at the root as they are."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -44,7 +47,7 @@ class QueueHostMiddleware:
             host = Headers(scope=scope).get("host", "")
             path: str = scope["path"]
             if (
-                host.lower().startswith("queue.")
+                (host.lower().startswith("queue.") or host_role(host) == "queue")
                 and not path.startswith("/queue/")
                 and not path.startswith(_ROOT_PATHS)
             ):

@@ -17,7 +17,7 @@ import os
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -185,6 +185,15 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
         " says degraded.",
     )
     log_level: str = Field("info")
+    log_format: Literal["plain", "json"] = Field(
+        "plain", description="`json`: one JSON object per log line (request id, phase, duration)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="`ovi worker` only: also serve its Prometheus metrics on this port.",
+    )
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)

@@ -40,6 +40,8 @@ from typing import Any
 from model.sampling import SamplingParams
 from server.jobs import StoreUnavailableError, open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
+from server.logs import REQUEST_ID, configure_logging
+from server.metrics import StepTimer, WorkerMetrics
 from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
@@ -132,6 +134,7 @@ class JobContext:
     tmp_dir: Path
     stopping: Callable[[], bool] = lambda: False  # shutdown: release instead of finishing
     on_job: Callable[[str | None], None] = field(default=lambda _id: None)
+    metrics: WorkerMetrics | None = None
 
 
 def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
@@ -146,6 +149,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
     store = ctx.store
     started = time.perf_counter()
     user_cancelled = False
+    steps = StepTimer(ctx.metrics)
 
     def note(message: str, **kw: Any) -> None:  # log lines are best effort on a failing store
         try:
@@ -164,9 +168,12 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         return ctx.stopping()
 
     def on_step(info: Any) -> None:
+        steps(info.elapsed)
         note(f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER")
 
-    def finish(outcome: Outcome) -> None:
+    def finish(outcome: Outcome, label: str, timings: dict[str, float] | None = None) -> None:
+        if ctx.metrics is not None:
+            ctx.metrics.observe_job(label, time.perf_counter() - started, timings)
         done = _retry_store(lambda: store.complete(job.id, ctx.worker_id, outcome), ctx, job.id)
         if done is None:
             return  # stopping with the store still failing: the job is recovered later
@@ -180,6 +187,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
                 log.exception("could not delete input %s of job %s", key, job.id)
 
     ctx.on_job(job.id)
+    token = REQUEST_ID.set(job.id)  # every log line of this job carries its id
     try:
         image = None
         if job.app == I2V_APP:
@@ -193,8 +201,11 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         note("Encoding MP4")
         ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
         path = ctx.tmp_dir / f"{job.id}.mp4"
+        timings = {**out.timings, "steps": float(steps.steps)}
         try:
+            clock = time.perf_counter()
             write_mp4(path, out.video, out.audio, fps=out.fps, sample_rate=out.sample_rate)
+            timings["mux"] = time.perf_counter() - clock
             stored = ctx.storage.save(
                 path.read_bytes(),
                 kind="outputs",
@@ -204,6 +215,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             )
         finally:
             path.unlink(missing_ok=True)
+        if ctx.metrics is not None:
+            ctx.metrics.storage_bytes.labels("outputs").inc(stored.file_size)
         result = {
             "video": {
                 "url": stored.url,
@@ -215,13 +228,31 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         }
         total = time.perf_counter() - started
         note(f"Done in {total:.1f}s (seed {out.seed})")
-        finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
+        log.info(
+            "job %s done in %.2fs", job.id, total, extra={"request_id": job.id, "duration_s": total}
+        )
+        for phase, seconds in timings.items():
+            if phase != "steps":
+                log.info(
+                    "job %s %s %.3fs",
+                    job.id,
+                    phase,
+                    seconds,
+                    extra={"request_id": job.id, "phase": phase, "duration_s": seconds},
+                )
+        finish(
+            Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}),
+            "ok",
+            timings,
+        )
     except StoreUnavailableError:
         raise  # not the job's failure: the worker stops, and the job is recovered
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
             note("Cancelled", source="SYSTEM")
-            finish(Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}))
+            finish(
+                Outcome(error=CANCELLED, metrics={"inference_time": _elapsed(started)}), "cancelled"
+            )
         else:
             _retry_store(lambda: store.release(job.id, ctx.worker_id), ctx, job.id, tries=5)
     except Exception as exc:  # a job's failure is recorded, never fatal to the worker
@@ -231,10 +262,11 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         else:
             log.info("job %s rejected: %s", job.id, error.message)
         note(error.message, level="ERROR", source="SYSTEM")
-        finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}))
+        finish(Outcome(error=error, metrics={"inference_time": _elapsed(started)}), "error")
         if "memory" in error.message.lower():
             _free_accelerator_memory()
     finally:
+        REQUEST_ID.reset(token)
         ctx.on_job(None)
 
 
@@ -341,9 +373,16 @@ class Heartbeat:
     """Reports this worker's state every `interval` s from a daemon thread (a failing store is
     logged and tried again at the next beat)."""
 
-    def __init__(self, store: JobStore, worker_id: str, interval: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        interval: float,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.interval = interval
+        self.metrics = metrics  # its snapshot rides on every heartbeat (server.metrics)
         self.info = WorkerInfo(
             id=worker_id,
             state="warming",
@@ -363,7 +402,12 @@ class Heartbeat:
 
     def beat(self) -> None:
         try:
-            self.store.heartbeat(WorkerInfo(**{**self.info.__dict__, "heartbeat_at": time.time()}))
+            metrics = self.metrics.snapshot() if self.metrics is not None else []
+            self.store.heartbeat(
+                WorkerInfo(
+                    **{**self.info.__dict__, "heartbeat_at": time.time(), "metrics": metrics}
+                )
+            )
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 
@@ -434,10 +478,12 @@ def run_worker(
     store: JobStore | None = None,
     storage: Storage | None = None,
     pipeline: Any = None,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Load the pipeline, then claim and run jobs until stopped (`stop_event`: a `StopRequest`,
     or a plain event that stops at once). The store and the storage default to the ones the
-    settings' URLs name."""
+    settings' URLs name; `metrics` to a fresh registry, which every heartbeat reports (the
+    API's /metrics shows it)."""
     if isinstance(stop_event, StopRequest):
         stop = stop_event
     else:
@@ -445,7 +491,8 @@ def run_worker(
     own_store, own_storage = store is None, storage is None
     store = store or open_store(settings.job_store_url, retry_s=WORKER_STORE_RETRY_S)
     storage = storage or open_storage(settings.storage_url)
-    heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s)
+    metrics = metrics or WorkerMetrics()
+    heartbeat = Heartbeat(store, worker_id, settings.heartbeat_interval_s, metrics)
     heartbeat.start()
 
     try:
@@ -461,6 +508,7 @@ def run_worker(
             tmp_dir=settings.tmp_dir,
             stopping=stop.release_now,
             on_job=lambda job_id: heartbeat.set(job_id=job_id),
+            metrics=metrics,
         )
         delay = 0.0
         while not stop.is_set():
@@ -480,7 +528,15 @@ def run_worker(
             if job is None:
                 stop.wait(settings.poll_interval_s)
                 continue
-            log.info("worker %s: running %s (%s)", worker_id, job.id, job.app)
+            if job.started_at is not None:
+                metrics.queue_wait_seconds.observe(max(0.0, job.started_at - job.created_at))
+            log.info(
+                "worker %s: running %s (%s)",
+                worker_id,
+                job.id,
+                job.app,
+                extra={"request_id": job.id, "phase": "claimed"},
+            )
             run_job(pipeline, job, ctx)
     finally:
         heartbeat.stop()
@@ -525,7 +581,11 @@ def _load_or_fail(
 
 
 def run_worker_until_signalled(
-    settings: ServerSettings, worker_id: str, device: str | None = None
+    settings: ServerSettings,
+    worker_id: str,
+    device: str | None = None,
+    *,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """`run_worker` in a process of its own (a spawned worker, `ovi worker`): SIGTERM/SIGINT
     drain it, and a watchdog bounds the stop and follows the parent's death."""
@@ -533,17 +593,14 @@ def run_worker_until_signalled(
     install_stop_signals(stop)
     Watchdog(stop, settings.shutdown_grace_s).start()
     try:
-        run_worker(settings, worker_id, stop_event=stop, device=device)
+        run_worker(settings, worker_id, stop_event=stop, device=device, metrics=metrics)
     except KeyboardInterrupt:  # stopped while the model loaded
         log.info("worker %s: stopped while loading", worker_id)
 
 
 def worker_process_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     """Entry point of a spawned worker process."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker[{slot}] %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, process=f"worker[{slot}]")
     device = settings.device
     if settings.gpus:  # `ovi worker --gpus 0,1`: this slot's GPU
         device = f"cuda:{settings.gpus[slot]}"

@@ -606,6 +606,7 @@ class RedisJobStore:
             "detail": info.detail,
             "job_id": info.job_id or "",
             "started_at": repr(info.started_at or info.heartbeat_at),
+            "metrics": json.dumps(info.metrics),
         }
         self._run("heartbeat", info.id, *[item for pair in fields.items() for item in pair])
 
@@ -630,6 +631,7 @@ class RedisJobStore:
                     job_id=data.get("job_id") or None,
                     detail=data.get("detail", ""),
                     started_at=float(data.get("started_at", 0)),
+                    metrics=json.loads(data.get("metrics") or "[]"),
                 )
             )
         return sorted(found, key=lambda w: (w.started_at, w.id))

@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL DEFAULT 0,
     job_id TEXT,
     detail TEXT NOT NULL DEFAULT '',
-    started_at REAL NOT NULL DEFAULT 0
+    started_at REAL NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     request_id TEXT PRIMARY KEY,
@@ -102,6 +103,9 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, 
 """
 _MIGRATIONS = {  # from schema 1: input files are storage keys now, not blobs here
     "input_files": "ALTER TABLE jobs ADD COLUMN input_files TEXT NOT NULL DEFAULT '{}'",
+}
+_WORKER_MIGRATIONS = {  # workers heartbeat a metrics snapshot (server.metrics)
+    "metrics": "ALTER TABLE workers ADD COLUMN metrics TEXT NOT NULL DEFAULT '[]'",
 }
 _WAITING = JobStatus.IN_QUEUE.value
 _RUNNING = JobStatus.IN_PROGRESS.value
@@ -173,6 +177,10 @@ class SqliteJobStore:
                     c.execute(statement)
             columns = {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}
             for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    c.execute(statement)
+            columns = {r["name"] for r in c.execute("PRAGMA table_info(workers)")}
+            for column, statement in _WORKER_MIGRATIONS.items():
                 if column not in columns:
                     c.execute(statement)
             c.execute("DROP TABLE IF EXISTS job_attachments")
@@ -359,6 +367,47 @@ class SqliteJobStore:
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
+    def recent(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        newest_first: bool = True,
+        user_id: str | None = None,
+    ) -> list[Job]:
+        where, params = [], []
+        if after is not None:
+            cursor = self._read("SELECT seq FROM jobs WHERE id=?", (after,))
+            if not cursor:
+                raise JobNotFoundError(after)
+            where.append("seq < ?" if newest_first else "seq > ?")
+            params.append(cursor[0]["seq"])
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        return [self._job(r) for r in self._read(sql, (*params, max(0, limit)))]
+
+    def delete(self, request_id: str) -> Job:
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (request_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(request_id)
+            c.execute("DELETE FROM jobs WHERE id=?", (request_id,))
+            c.execute("DELETE FROM job_logs WHERE job_id=?", (request_id,))
+            c.execute("DELETE FROM webhook_deliveries WHERE request_id=?", (request_id,))
+            c.execute("UPDATE workers SET job_id=NULL WHERE job_id=?", (request_id,))
+            return self._job(row)
+
+    def queue_depths(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE status=? GROUP BY priority", (_WAITING,)
+        )
+        depths = dict.fromkeys(PRIORITIES, 0)
+        depths.update({PRIORITIES[r["priority"]]: r["n"] for r in rows})
+        return depths
+
     # --- workers ---
 
     def claim(self, worker_id: str) -> Job | None:
@@ -388,7 +437,7 @@ class SqliteJobStore:
 
     def is_cancel_requested(self, request_id: str) -> bool:
         rows = self._read("SELECT cancel_requested FROM jobs WHERE id=?", (request_id,))
-        return bool(rows and rows[0]["cancel_requested"])
+        return not rows or bool(rows[0]["cancel_requested"])  # deleted: stop too
 
     def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         with self._tx() as c:
@@ -416,11 +465,12 @@ class SqliteJobStore:
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO workers (id, state, heartbeat_at, host, pid, job_id, detail, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO workers"
+                " (id, state, heartbeat_at, host, pid, job_id, detail, started_at, metrics)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET state=excluded.state,"
                 " heartbeat_at=excluded.heartbeat_at, host=excluded.host, pid=excluded.pid,"
-                " detail=excluded.detail",
+                " detail=excluded.detail, metrics=excluded.metrics",
                 (
                     info.id,
                     info.state,
@@ -430,12 +480,15 @@ class SqliteJobStore:
                     info.job_id,
                     info.detail,
                     info.started_at or info.heartbeat_at,
+                    json.dumps(info.metrics),
                 ),
             )
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._read("SELECT * FROM workers ORDER BY started_at, id")
-        return [WorkerInfo(**dict(r)) for r in rows]
+        return [
+            WorkerInfo(**{**dict(r), "metrics": json.loads(r["metrics"] or "[]")}) for r in rows
+        ]
 
     def remove_worker(self, worker_id: str) -> None:
         with self._tx() as c:

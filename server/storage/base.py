@@ -18,7 +18,7 @@ import re
 import secrets
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +51,9 @@ class Storage(ABC):
     `save` is the same for every backend (it sanitises and makes the key); a backend implements
     the abstract methods below it."""
 
+    # Told `(kind, bytes)` after each save (the API's storage-bytes metric, server.metrics).
+    on_save: Callable[[str, int], None] | None = None
+
     def save(
         self,
         data: bytes,
@@ -65,7 +68,10 @@ class Storage(ABC):
         content_type = sanitize_content_type(content_type)
         key = make_key(kind, file_id or new_file_id(), sanitize_file_name(file_name, content_type))
         self.write(key, data)
-        return self.stat(key)
+        stored = self.stat(key)
+        if self.on_save is not None:
+            self.on_save(kind, stored.file_size)
+        return stored
 
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:

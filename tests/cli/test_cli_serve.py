@@ -162,9 +162,57 @@ def test_worker_gpus_give_each_supervised_process_its_gpu(monkeypatch: pytest.Mo
 
     seen: list[str | None] = []
     monkeypatch.setattr(
-        worker_module, "run_worker_until_signalled", lambda s, wid, device=None: seen.append(device)
+        worker_module,
+        "run_worker_until_signalled",
+        lambda s, wid, device=None, **kw: seen.append(device),
     )
     s = settings_from_args(parse("worker", "--preset", "tiny", "--gpus", "2,5"))
     for slot in (0, 1):
         worker_module.worker_process_main(s, f"w{slot}", slot)
     assert seen == ["cuda:2", "cuda:5"]
+
+
+def test_worker_serves_its_metrics_and_logs_json(tmp_path: Path) -> None:
+    """`ovi worker --metrics-port P --log-format json` (a real process): its registry answers on
+    P (`ovi_worker_jobs`, `ovi_phase_duration_seconds`, ...) and its log lines are JSON."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVI_")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "--preset", "tiny_1s", "--device", "cpu",
+         "--data-dir", str(tmp_path / "data"), "--metrics-port", str(port), "--log-format", "json"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "no metrics endpoint"
+                time.sleep(0.1)
+        names = {f.name for f in text_string_to_metric_families(r.text)}
+        assert {"ovi_worker_jobs", "ovi_phase_duration_seconds", "ovi_gpu_memory_bytes"} <= names
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["process"] == "worker" for line in lines), lines[:3]
