@@ -8,6 +8,7 @@ workers). Layout, all under a key prefix (`ovi:` by default, `?prefix=` in the U
     {p}logs:{id}        list   JSON log lines
     {p}seq              int    insertion counter (claim order within a priority)
     {p}queue            zset   waiting jobs, score priority * 1e12 + seq: ZRANK is the position
+    {p}jobs             zset   every job, score seq (listings: `recent`)
     {p}deadlines        zset   waiting jobs with a start deadline, score the deadline
     {p}running          hash   running job id -> worker id (fencing: only that worker completes)
     {p}done             zset   completed jobs by finish time (retention sweep)
@@ -154,6 +155,7 @@ if maxq >= 0 and redis.call('ZCARD', P..'queue') >= maxq then return 0 end
 local seq = redis.call('INCR', P..'seq')
 redis.call('HSET', jk, 'seq', seq, unpack(ARGV, 6))
 redis.call('ZADD', P..'queue', tonumber(ARGV[4]) * STRIDE + seq, id)
+redis.call('ZADD', P..'jobs', seq, id)
 if ARGV[5] ~= '' then redis.call('ZADD', P..'deadlines', ARGV[5], id) end
 return redis.call('HGETALL', jk)
 """
@@ -294,6 +296,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P..'done', '-inf', '('..cutoff))
   if not state or state == 'sent' then
     redis.call('DEL', P..'job:'..id, P..'logs:'..id)
     redis.call('ZREM', P..'done', id)
+    redis.call('ZREM', P..'jobs', id)
     n = n + 1
   end
 end
@@ -302,6 +305,32 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P..'outbox_failed', '-inf', '('.
   redis.call('ZREM', P..'outbox_failed', id)
 end
 return n
+"""
+
+# ARGV: prefix, request id, JSON entry: a log line, for a job that (still) exists
+_APPEND_LOG = """
+if redis.call('EXISTS', P..'job:'..ARGV[2]) == 1 then
+  redis.call('RPUSH', P..'logs:'..ARGV[2], ARGV[3])
+end
+"""
+
+# ARGV: prefix, request id. Forget the job everywhere; its record as it was (false: unknown).
+_DELETE = """
+local id = ARGV[2]
+local jk = P..'job:'..id
+local record = redis.call('HGETALL', jk)
+if #record == 0 then return false end
+local worker = redis.call('HGET', P..'running', id)
+if worker then
+  local wk = P..'worker:'..worker
+  if redis.call('HGET', wk, 'job_id') == id then redis.call('HDEL', wk, 'job_id') end
+end
+redis.call('DEL', jk, P..'logs:'..id, P..'delivery:'..id)
+redis.call('HDEL', P..'running', id)
+for _, z in ipairs({'queue', 'deadlines', 'done', 'hooks_due', 'jobs', 'outbox', 'outbox_failed'}) do
+  redis.call('ZREM', P..z, id)
+end
+return record
 """
 
 # ARGV: prefix, request id, url, user id, body, attempts, next_at, now
@@ -418,6 +447,8 @@ class RedisJobStore:
             "recover": _RECOVER,
             "stale": _STALE,
             "sweep": _SWEEP,
+            "delete": _DELETE,
+            "append_log": _APPEND_LOG,
             "add_delivery": _ADD_DELIVERY,
             "claim_deliveries": _CLAIM_DELIVERIES,
             "finish_delivery": _FINISH_DELIVERY,
@@ -572,11 +603,12 @@ class RedisJobStore:
         self, request_id: str, message: str, *, level: str = "INFO", source: str = "USER"
     ) -> None:
         entry = {"ts": time.time(), "level": level, "source": source, "message": message}
-        self._client.rpush(self._k("logs:", request_id), json.dumps(entry))
+        self._run("append_log", request_id, json.dumps(entry))
 
     @_unavailable
     def is_cancel_requested(self, request_id: str) -> bool:
-        return self._client.hget(self._k("job:", request_id), "cancel_requested") == b"1"
+        flag = self._client.hget(self._k("job:", request_id), "cancel_requested")
+        return flag is None or flag == b"1"  # a deleted job (no record) stops too
 
     @_unavailable
     def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
@@ -659,6 +691,62 @@ class RedisJobStore:
     @_unavailable
     def expire_overdue(self) -> int:
         return int(self._run("expire", repr(time.time())))
+
+    @_unavailable
+    def queue_depths(self) -> dict[str, int]:
+        pipe = self._client.pipeline(transaction=False)
+        for rank in range(len(PRIORITIES)):
+            pipe.zcount(
+                self._k("queue"), rank * _PRIORITY_STRIDE, f"({(rank + 1) * _PRIORITY_STRIDE}"
+            )
+        return dict(zip(PRIORITIES, (int(n) for n in pipe.execute()), strict=True))
+
+    @_unavailable
+    def recent(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        newest_first: bool = True,
+        user_id: str | None = None,
+    ) -> list[Job]:
+        index = self._k("jobs")
+        if after is None:
+            bound = "+inf" if newest_first else "-inf"
+        else:
+            seq = self._client.zscore(index, after)
+            if seq is None:
+                raise JobNotFoundError(after)
+            bound = f"({int(seq)}"
+        found: list[Job] = []
+        page = max(limit, 1) if user_id is None else 200
+        while len(found) < limit:
+            if newest_first:
+                ids = self._client.zrevrangebyscore(index, bound, "-inf", start=0, num=page)
+            else:
+                ids = self._client.zrangebyscore(index, bound, "+inf", start=0, num=page)
+            if not ids:
+                break
+            pipe = self._client.pipeline(transaction=False)
+            for request_id in ids:
+                pipe.hgetall(self._k("job:", request_id.decode()))
+            for raw in pipe.execute():
+                if raw:
+                    job = self._job(raw)
+                    if user_id is None or job.user_id == user_id:
+                        found.append(job)
+            last = self._client.zscore(index, ids[-1])
+            if last is None:  # swept meanwhile: its neighbours still bound the page
+                break
+            bound = f"({int(last)}"
+        return found[: max(0, limit)]
+
+    @_unavailable
+    def delete(self, request_id: str) -> Job:
+        record = self._run("delete", request_id)
+        if not record:
+            raise JobNotFoundError(request_id)
+        return self._job(record)
 
     @_unavailable
     def sweep(self, older_than_s: float) -> int:
