@@ -26,7 +26,7 @@ from server.fetch import ImageInputError
 from server.jobs import JobStore, JobStoreError, open_store
 from server.maintenance import Maintenance
 from server.middleware import add_middleware
-from server.routes import files, health, queue, sync, webhooks
+from server.routes import files, health, playground, queue, sync, webhooks
 from server.routes import storage as uploads
 from server.serving import Serving
 from server.settings import ServerSettings, get_settings
@@ -135,5 +135,7 @@ def create_app(
     ]
     for router in routers:
         app.include_router(router)
+    app.include_router(playground.router)
+    app.mount(playground.PATH, playground.static_files(), name="playground")
     add_middleware(app, settings)
     return app

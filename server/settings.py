@@ -154,6 +154,12 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
         10.0, ge=0, description="On shutdown, how long a running job may take to stop."
     )
     log_level: str = Field("info")
+    previews: int = Field(
+        8,
+        ge=0,
+        description="Preview images per clip while it denoises (a latent-to-RGB sketch of the"
+        " current estimate, linked from the request's logs; the playground shows them); 0 = none.",
+    )
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)

@@ -92,8 +92,10 @@ def start_server(
     port: int | None = None,
     wait_ready: bool = True,
     extra_env: dict[str, str] | None = None,
+    preset: str = "tiny_1s",
 ) -> Server:
-    """Start `ovi serve --preset tiny_1s` and wait for /health (ready, or just up if workers=0)."""
+    """Start `ovi serve --preset PRESET` (default `tiny_1s`) and wait for /health (ready, or just
+    up if workers=0)."""
     cert, key, bundle, ca = make_tls(tls_dir)  # keeps an existing CA, so old bundles still work
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def start_server(
     )
     cmd = [
         sys.executable, "-m", "cli", "serve",
-        "--preset", "tiny_1s", "--device", "cpu",
+        "--preset", preset, "--device", "cpu",
         "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(data_dir),
         "--tls-cert", str(cert), "--tls-key", str(key),

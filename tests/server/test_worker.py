@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model.options import RuntimeOptions
@@ -23,6 +24,8 @@ from server.storage import LocalStorage, Storage, key_from_path
 from server.worker import (
     JobContext,
     classify_failure,
+    fit_preview,
+    preview_steps,
     run_job,
     run_worker,
     sampling_params,
@@ -170,6 +173,43 @@ def test_run_job_cancel_and_shutdown(tiny_pipeline, store: SqliteJobStore, ctx: 
     back = store.get(job.id)
     assert back.status is JobStatus.IN_QUEUE and back.attempts == 0
     assert ctx.storage.stat(files["image"])  # back in the queue: its input stays
+
+
+def test_preview_steps() -> None:
+    assert preview_steps(50, 8) == {6, 12, 19, 25, 31, 38, 44, 50}
+    assert preview_steps(3, 8) == {1, 2, 3}
+    assert preview_steps(4, 2) == {2, 4}
+    assert preview_steps(30, 0) == set() and preview_steps(0, 8) == set()
+
+
+def test_fit_preview_needs_a_vae() -> None:
+    assert fit_preview(object()) is None  # a stand-in pipeline: previews off, no error
+
+
+def test_run_job_links_previews_from_its_logs(
+    tiny_pipeline, store: SqliteJobStore, ctx: JobContext
+) -> None:
+    from model.preview import LatentPreview
+
+    ctx.previews, ctx.preview = 2, LatentPreview(torch.randn(48, 3), torch.zeros(3))
+    job = store.submit(
+        NewJob(
+            app=T2V_APP,
+            input=t2v(num_inference_steps=2, resolution="720x720"),
+            base_url="https://ovi.test",
+        )
+    )
+    run_job(tiny_pipeline, store.claim("w"), ctx)
+    assert store.get(job.id).error is None
+    lines = [e.message for e in store.logs(job.id) if e.message.startswith("Preview")]
+    assert [line.split(":")[0] for line in lines] == ["Preview 1/2", "Preview 2/2"]
+    for step, line in zip((1, 2), lines, strict=True):
+        url = line.split(": ", 1)[1]
+        assert url.startswith("https://ovi.test/files/outputs/") and url.endswith(f"-{step}.png")
+        stored = ctx.storage.stat(url.removeprefix("https://ovi.test/files/"))
+        assert stored.content_type == "image/png"
+        data = b"".join(ctx.storage.read(stored.key))
+        assert Image.open(io.BytesIO(data)).size == (4, 4)  # 64 x 64 / 16
 
 
 # --- the loop, with a fake pipeline ---
