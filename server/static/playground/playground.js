@@ -454,6 +454,7 @@ async function finish(job) {
   }
   showVideo(body.video.url, `Seed ${body.seed}`);
   setPhase("Done.");
+  $("eta").textContent = $("eta").textContent.replace("; decoding…", ".");
   updateHistory(job.request_id, { status: "done", video: body.video.url, seed: body.seed });
 }
 
