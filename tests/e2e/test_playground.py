@@ -180,3 +180,12 @@ def test_invalid_input_shows_the_api_message(open_page, ovi_server: Server) -> N
     page.wait_for_function(
         "document.getElementById('error').textContent.startsWith('image_url: Field required')"
     )
+    # a wrong key: the API's 401 message
+    page.fill("#api-key", "not-the-key")
+    page.set_input_files("#image-file", [])
+    page.fill("#field-image_url", "https://example.com/first.png")
+    page.click("#submit")
+    page.wait_for_function(
+        "document.getElementById('error').textContent.startsWith('Missing or invalid API key')"
+    )
+    assert page.text_content("#phase") == "Refused (HTTP 401)."
