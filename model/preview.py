@@ -13,11 +13,13 @@ Shapes: latents `[B, C, F, h, w]` (C = the VAE's z_dim), images `[K, 3, H, W]` i
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .modules.video_vae import VideoVAE
+if TYPE_CHECKING:
+    from .modules.video_vae import VideoVAE
 
 FIT_IMAGES = 8  # synthetic images per fit
 FIT_SIZE = 128  # their side, in pixels (8 x 8 latent pixels each at 16x compression)

@@ -186,32 +186,6 @@ def test_fit_preview_needs_a_vae() -> None:
     assert fit_preview(object()) is None  # a stand-in pipeline: previews off, no error
 
 
-def test_run_job_links_previews_from_its_logs(
-    tiny_pipeline, store: SqliteJobStore, ctx: JobContext
-) -> None:
-    from model.preview import LatentPreview
-
-    ctx.previews, ctx.preview = 2, LatentPreview(torch.randn(48, 3), torch.zeros(3))
-    job = store.submit(
-        NewJob(
-            app=T2V_APP,
-            input=t2v(num_inference_steps=2, resolution="720x720"),
-            base_url="https://ovi.test",
-        )
-    )
-    run_job(tiny_pipeline, store.claim("w"), ctx)
-    assert store.get(job.id).error is None
-    lines = [e.message for e in store.logs(job.id) if e.message.startswith("Preview")]
-    assert [line.split(":")[0] for line in lines] == ["Preview 1/2", "Preview 2/2"]
-    for step, line in zip((1, 2), lines, strict=True):
-        url = line.split(": ", 1)[1]
-        assert url.startswith("https://ovi.test/files/outputs/") and url.endswith(f"-{step}.png")
-        stored = ctx.storage.stat(url.removeprefix("https://ovi.test/files/"))
-        assert stored.content_type == "image/png"
-        data = b"".join(ctx.storage.read(stored.key))
-        assert Image.open(io.BytesIO(data)).size == (4, 4)  # 64 x 64 / 16
-
-
 # --- the loop, with a fake pipeline ---
 
 
@@ -233,6 +207,46 @@ class FakePipeline:
         video = np.zeros((5, 32, 32, 3), np.uint8)
         audio = np.zeros(1600, np.float32)
         return OviOutput(video=video, audio=audio, seed=params.seed or 1, height=32, width=32)
+
+
+class PreviewingPipeline(FakePipeline):
+    """The fake pipeline with the loop's current estimate in each step's callback."""
+
+    def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
+        from model.pipeline import StepInfo
+
+        def with_estimate(info: StepInfo) -> None:
+            callback(StepInfo(info.step, info.total, info.elapsed, torch.randn(1, 48, 3, 4, 6)))
+
+        return super().__call__(prompt, image, params=params, callback=with_estimate)
+
+
+def test_run_job_links_previews_from_its_logs(store: SqliteJobStore, ctx: JobContext) -> None:
+    from model.preview import LatentPreview
+
+    ctx.previews, ctx.preview = 2, LatentPreview(torch.randn(48, 3), torch.zeros(3))
+    new = NewJob(app=T2V_APP, input=t2v(num_inference_steps=4), base_url="https://ovi.test")
+    job = store.submit(new)
+    run_job(PreviewingPipeline(), store.claim("w"), ctx)
+    assert store.get(job.id).error is None
+    lines = [e.message for e in store.logs(job.id) if e.message.startswith("Preview")]
+    assert [line.split(":")[0] for line in lines] == ["Preview 2/4", "Preview 4/4"]
+    for step, line in zip((2, 4), lines, strict=True):
+        url = line.split(": ", 1)[1]
+        assert url.startswith("https://ovi.test/files/outputs/") and url.endswith(f"-{step}.png")
+        stored = ctx.storage.stat(url.removeprefix("https://ovi.test/files/"))
+        assert stored.content_type == "image/png"
+        data = b"".join(ctx.storage.read(stored.key))
+        assert Image.open(io.BytesIO(data)).size == (6, 4)  # one latent frame, w x h
+
+    def broken(latents: torch.Tensor) -> np.ndarray:
+        raise RuntimeError("no preview today")
+
+    ctx.preview = broken  # a failing preview is logged; the job still completes
+    job = store.submit(new)
+    run_job(PreviewingPipeline(), store.claim("w"), ctx)
+    assert store.get(job.id).error is None and store.get(job.id).result["video"]["file_size"]
+    assert not [e for e in store.logs(job.id) if e.message.startswith("Preview")]
 
 
 def test_run_worker_loop_carries_on_after_failures(tmp_path: Path) -> None:
