@@ -79,6 +79,9 @@ class StepInfo:
     step: int  # 1-based: steps done so far
     total: int
     elapsed: float  # seconds since the denoising loop started
+    # The current clean-video estimate x0 = x_t - sigma_t * v [B, 48, F, h, w] (for previews,
+    # e.g. `model.preview.LatentPreview`); None where the caller gives no callback.
+    denoised: torch.Tensor | None = None
 
 
 @dataclass
@@ -133,6 +136,7 @@ def denoise(
     batch = video.shape[0]
     start = time.perf_counter()
     timesteps = video_scheduler.timesteps.to(video.device)  # once: no host->device copy per step
+    sigmas = video_scheduler.sigmas.tolist() if callback is not None else []  # host floats
     for i, t in enumerate(video_scheduler.timesteps):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"cancelled before step {i + 1}/{steps}")
@@ -155,10 +159,11 @@ def denoise(
             )  # fmt: skip
         guided_v = neg_v + params.video_guidance_scale * (pos_v - neg_v)
         guided_a = neg_a + params.audio_guidance_scale * (pos_a - neg_a)
+        denoised = video - sigmas[i] * guided_v if callback is not None else None  # flow: x0
         video = video_scheduler.step(guided_v, t, video)
         audio = audio_scheduler.step(guided_a, t, audio)
         if callback is not None:
-            callback(StepInfo(i + 1, steps, time.perf_counter() - start))
+            callback(StepInfo(i + 1, steps, time.perf_counter() - start, denoised))
     if is_i2v:
         video = torch.cat([first_frame_latent.to(video.dtype), video[:, :, 1:]], dim=2)
     return video, audio

@@ -30,7 +30,7 @@ from server.middleware import add_middleware
 from server.openai_api import router as openai_videos
 from server.openai_api.serving import VideoService
 from server.readiness import Faults
-from server.routes import files, health, queue, sync, webhooks
+from server.routes import files, health, playground, queue, sync, webhooks
 from server.routes import metrics as metrics_route
 from server.routes import storage as uploads
 from server.schemas import RequestError
@@ -162,6 +162,8 @@ def create_app(
     ]
     for router in routers:
         app.include_router(router, responses=COMMON_RESPONSES)
+    app.include_router(playground.router)
+    app.mount(playground.PATH, playground.static_files(), name="playground")
     # Innermost: it reads the matched route from the scope the router fills in.
     app.add_middleware(MetricsMiddleware, metrics=lambda: getattr(app.state, "metrics", None))
     add_middleware(app, settings)

@@ -194,6 +194,12 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
         le=65535,
         description="`ovi worker` only: also serve its Prometheus metrics on this port.",
     )
+    previews: int = Field(
+        8,
+        ge=0,
+        description="Preview images per clip while it denoises (a latent-to-RGB sketch of the"
+        " current estimate, linked from the request's logs; the playground shows them); 0 = none.",
+    )
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)

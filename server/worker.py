@@ -17,6 +17,9 @@ keeps, and saves the output there.
   once. Exit code 0 means a clean stop.
 - Job-store faults (full disk, a locked or broken file) never end the worker: claims back off
   and retry, log lines are best effort, and a finished job's record is retried until written.
+- Previews: `settings.previews` times per clip, a PNG of the current estimate (a fitted
+  latent-to-RGB map, `model.preview`; no VAE decode) is saved as an output and linked from the
+  job's logs (`Preview 6/50: <url>`), where the playground (and any fal client) reads it.
 - Health: the worker heartbeats `warming` while loading, `ready` after, from a thread, so a long
   step never looks like a dead worker; a model that cannot load leaves it `failed` (with the
   reason) and idle until stopped, instead of restarting in a loop.
@@ -45,7 +48,7 @@ from server.metrics import StepTimer, WorkerMetrics
 from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
-from server.storage import Storage, open_storage, owned_file_id, read_all
+from server.storage import Storage, new_file_id, open_storage, owned_file_id, read_all
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,55 @@ class JobContext:
     stopping: Callable[[], bool] = lambda: False  # shutdown: release instead of finishing
     on_job: Callable[[str | None], None] = field(default=lambda _id: None)
     metrics: WorkerMetrics | None = None
+    previews: int = 0  # previews per clip (`settings.previews`)
+    preview: Any = None  # the worker's fitted `model.preview.LatentPreview` (made by `fit_preview`)
+
+
+# --- previews -----------------------------------------------------------------------------------
+
+
+def preview_steps(total: int, count: int) -> set[int]:
+    """The 1-based steps after which a preview is saved: `count` about evenly spaced, the last
+    step always among them (none when `count` is 0)."""
+    if count <= 0 or total <= 0:
+        return set()
+    return {max(1, round(total * (i + 1) / min(count, total))) for i in range(min(count, total))}
+
+
+def fit_preview(pipe: Any) -> Any:
+    """The latent-to-RGB map fitted to the pipeline's VAE, or None (logged) if it cannot be."""
+    from model.preview import LatentPreview
+
+    if getattr(pipe, "video_vae", None) is None:  # a stand-in pipeline (tests): no previews
+        return None
+    try:
+        t0 = time.perf_counter()
+        preview = LatentPreview.fit(pipe.video_vae)
+        log.info("preview map fitted in %.2fs", time.perf_counter() - t0)
+        return preview
+    except Exception:
+        log.exception("could not fit the preview map; previews are off")
+        return None
+
+
+def save_preview(job: Job, ctx: JobContext, file_id: str, info: Any) -> None:
+    """Save the preview of step `info` under `file_id` and link it from the job's logs. A
+    preview is a nicety: its failure is logged and never fails the job."""
+    from model.preview import png_bytes
+
+    try:
+        png = png_bytes(ctx.preview(info.denoised))
+        stored = ctx.storage.save(
+            png,
+            kind="outputs",
+            content_type="image/png",
+            file_name=f"preview-{info.step}.png",
+            file_id=file_id,
+        )
+        url = job.base_url + stored.url if stored.url.startswith("/") else stored.url
+        ctx.store.append_log(job.id, f"Preview {info.step}/{info.total}: {url}", source="USER")
+    except Exception:
+        log.exception("could not save a preview of job %s", job.id)
 
 
 def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
@@ -167,9 +219,14 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
             log.warning("job %s: cancel check failed (%s)", job.id, exc)
         return ctx.stopping()
 
+    preview_at: set[int] = set()  # set once the step count is known
+    preview_id = new_file_id()
+
     def on_step(info: Any) -> None:
         steps(info.elapsed)
         note(f"Step {info.step}/{info.total} ({info.elapsed:.1f}s)", source="USER")
+        if info.step in preview_at and getattr(info, "denoised", None) is not None:
+            save_preview(job, ctx, preview_id, info)
 
     def finish(outcome: Outcome, label: str, timings: dict[str, float] | None = None) -> None:
         if ctx.metrics is not None:
@@ -193,6 +250,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         if job.app == I2V_APP:
             image = load_image(input_image(job, ctx.storage))
         params = sampling_params(job.app, job.input, pipe.preset.sampling)
+        if ctx.preview is not None:
+            preview_at.update(preview_steps(params.steps, ctx.previews))
         note(f"Generating ({params.steps} steps)")
         out = pipe(
             job.input["prompt"], image, params=params, callback=on_step, should_cancel=should_cancel
@@ -500,6 +559,7 @@ def run_worker(
             pipeline = _load_or_fail(settings, worker_id, device, heartbeat, stop)
             if pipeline is None:
                 return
+        preview = fit_preview(pipeline) if settings.previews > 0 else None
         heartbeat.set("ready", detail="")
         ctx = JobContext(
             store=store,
@@ -509,6 +569,8 @@ def run_worker(
             stopping=stop.release_now,
             on_job=lambda job_id: heartbeat.set(job_id=job_id),
             metrics=metrics,
+            previews=settings.previews,
+            preview=preview,
         )
         delay = 0.0
         while not stop.is_set():

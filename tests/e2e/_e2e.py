@@ -93,9 +93,11 @@ def start_server(
     wait_ready: bool = True,
     extra_env: dict[str, str] | None = None,
     fal_hosts: bool = False,
+    preset: str = "tiny_1s",
 ) -> Server:
-    """Start `ovi serve --preset tiny_1s` and wait for /health (ready, or just up if workers=0).
-    `fal_hosts`: the certificate also covers fal's own host names (`ovi tls init --fal-hosts`)."""
+    """Start `ovi serve --preset PRESET` (default `tiny_1s`) and wait for /health (ready, or just
+    up if workers=0). `fal_hosts`: the certificate also covers fal's own host names
+    (`ovi tls init --fal-hosts`)."""
     cert, key, bundle, ca = make_tls(
         tls_dir, fal_hosts=fal_hosts
     )  # keeps an existing CA, so old bundles still work
@@ -112,7 +114,7 @@ def start_server(
     )
     cmd = [
         sys.executable, "-m", "cli", "serve",
-        "--preset", "tiny_1s", "--device", "cpu",
+        "--preset", preset, "--device", "cpu",
         "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(data_dir),
         "--tls-cert", str(cert), "--tls-key", str(key),
