@@ -54,6 +54,7 @@ from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
 from .optimize.offload import visit_device
 from .options import ModelSource, RuntimeOptions
+from .parallel import ParallelRuntime
 from .preprocess import (
     area_mismatch,
     image_target_size,
@@ -246,6 +247,8 @@ class OviPipeline:
             offloaded = any(module is m for m in self._offloaded)
             module.to(torch.device("cpu") if offloaded else self.device).eval()
         self.fast_path = optimize_pipeline(self, config)
+        # one clip on several ranks (model/parallel): None in a single process
+        self.parallel = ParallelRuntime.from_options(runtime)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -430,7 +433,12 @@ class OviPipeline:
     @torch.no_grad()
     def decode(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with self._on_device(self.video_vae):
-            pixels = self.video_vae.decode(video.to(self.dtype))  # [1, 3, T, H, W] in [-1, 1]
+            latent = video.to(self.dtype)
+            pixels = (  # [1, 3, T, H, W] in [-1, 1]
+                self.video_vae.decode(latent)
+                if self.parallel is None
+                else self.parallel.decode_video(self.video_vae, latent)
+            )
         frames = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         frames_np = frames.permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3]
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
@@ -455,6 +463,8 @@ class OviPipeline:
         # 1. inputs and size
         self.check_inputs(prompt, params)
         seed = secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed
+        if self.parallel is not None:
+            seed = self.parallel.shared_seed(seed)
         height, width = self.resolve_size(image, params)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -473,9 +483,11 @@ class OviPipeline:
         clock = time.perf_counter()
         with self._on_device(self.fusion):
             video, audio = denoise(
-                self.fusion, video, audio, text_pos, text_vneg, text_aneg, params,
+                self.fusion if self.parallel is None else self.parallel.wrap(self.fusion),
+                video, audio, text_pos, text_vneg, text_aneg, params,
                 first_frame_latent=first_frame, callback=callback, should_cancel=should_cancel,
-                batch_cfg=self.fast_path is not None and self.fast_path.batch_cfg,
+                batch_cfg=self.parallel is not None
+                or (self.fast_path is not None and self.fast_path.batch_cfg),
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
         # 5. decode
