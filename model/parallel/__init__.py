@@ -48,14 +48,12 @@ from ..options import RuntimeOptions
 from .fusion import ParallelFusion, sequence_parallel_forward
 from .groups import ParallelState
 from .launch import RankFailed, launch
-from .vae import decode_video
 
 __all__ = [
     "ParallelFusion",
     "ParallelRuntime",
     "ParallelState",
     "RankFailed",
-    "decode_video",
     "launch",
     "sequence_parallel_forward",
 ]
@@ -96,4 +94,7 @@ class ParallelRuntime:
         return int(value.item())
 
     def decode_video(self, video_vae: Any, latent: torch.Tensor) -> torch.Tensor:
+        """`video_vae.decode(latent)` with the rows split over every rank of the layout."""
+        from .vae import decode_video  # diffusers: imported only where a VAE runs
+
         return decode_video(video_vae, latent, self.state.group)

@@ -14,11 +14,11 @@ import datetime
 import logging
 import multiprocessing as mp
 import os
-import queue
 import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
@@ -78,19 +78,30 @@ def _rank_main(
     timeout_s: float,
     fn: Callable[..., Any],
     args: tuple,
-    results: Any,
+    report: Connection,
 ) -> None:
     try:
         device = init_rank(rank, world_size, port, gpus, timeout_s)
         value = fn(*args, device=device)
-        results.put((rank, "ok", value if rank == 0 else None))
+        report.send(("ok", value if rank == 0 else None))
     except BaseException as exc:  # reported to the parent, which ends the group
         bad_input = isinstance(exc, (ValueError, FileNotFoundError))
-        report = (f"{type(exc).__name__}: {exc}", bad_input, traceback.format_exc())
-        results.put((rank, "error", report))
+        report.send(("error", (f"{type(exc).__name__}: {exc}", bad_input, traceback.format_exc())))
     finally:
+        report.close()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _died(conn: Connection) -> bool:
+    """Whether the rank behind `conn` ended without a report (its pipe is closed)."""
+    if not conn.poll():
+        return False
+    try:
+        conn.recv()
+    except EOFError:
+        return True
+    return False
 
 
 def launch(
@@ -121,53 +132,63 @@ def launch(
         finally:
             dist.destroy_process_group()
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     port = _free_port()
-    procs = [
-        ctx.Process(
+    procs, pending = [], {}
+    for r in range(world_size):
+        receive, send = ctx.Pipe(duplex=False)  # one report per rank; EOF when it dies
+        proc = ctx.Process(
             target=_rank_main,
-            args=(r, world_size, port, gpus, collective_timeout, fn, args, results),
+            args=(r, world_size, port, gpus, collective_timeout, fn, args, send),
             name=f"ovi-rank-{r}",
             daemon=True,
         )
-        for r in range(world_size)
-    ]
-    for p in procs:
-        p.start()
+        proc.start()
+        send.close()  # the rank holds the only write end
+        procs.append(proc)
+        pending[receive] = r
     deadline = None if timeout is None else time.monotonic() + timeout
-    done: dict[int, Any] = {}
+    result = None
     try:
-        while len(done) < world_size:
-            try:
-                rank, status, value = results.get(timeout=POLL_S)
-            except queue.Empty:
-                for r, p in enumerate(procs):
-                    if r not in done and p.exitcode is not None:
-                        time.sleep(POLL_S)  # its report may still be in the queue
-                        if results.empty():
-                            raise RankFailed(f"rank {r} died (exit code {p.exitcode})") from None
-                        break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"the {world_size} ranks did not finish in {timeout:.0f} s"
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the {world_size} ranks did not finish in {timeout:.0f} s")
+            for conn in wait(list(pending), timeout=POLL_S):
+                rank = pending.pop(conn)
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    procs[rank].join(timeout=5)
+                    raise RankFailed(
+                        f"rank {rank} died (exit code {procs[rank].exitcode})"
                     ) from None
-                continue
-            if status == "error":
+                conn.close()
+                if status == "ok":
+                    result = value if rank == 0 else result
+                    continue
                 message, bad_input, details = value
+                time.sleep(POLL_S)  # a rank that died makes the others fail: name it first
+                for other, r in pending.items():
+                    if _died(other):
+                        procs[r].join(timeout=5)
+                        raise RankFailed(
+                            f"rank {r} died (exit code {procs[r].exitcode}); then rank {rank}"
+                            f" failed: {message}",
+                            details=details,
+                        )
                 if not bad_input:
                     logger.error("rank %d failed:\n%s", rank, details)
                 raise RankFailed(
                     f"rank {rank} failed: {message}", bad_input=bad_input, details=details
                 )
-            done[rank] = value
-        return done[0]
+        return result
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-        results.close()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        for conn in pending:
+            conn.close()
