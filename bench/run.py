@@ -38,6 +38,7 @@ from model.schedulers import make_scheduler
 from .build import build_audio, build_text_encoder, build_video_vaes, random_fusion
 from .flops import Shape, forward_flops, step_flops
 from .memory import estimate_memory
+from .parallel import run_section as run_parallel_section
 
 logger = logging.getLogger("bench")
 
@@ -58,7 +59,7 @@ PROMPTS = (
     "jitter, bad hands, blur, distortion",
     "robotic, muffled, echo, distorted",
 )
-SECTIONS = ("matmul", "dit", "variants", "t5", "vae", "audio", "pipeline", "memory")
+SECTIONS = ("matmul", "dit", "variants", "t5", "vae", "audio", "pipeline", "memory", "parallel")
 PIPELINE_STEPS = (50, 30)
 ESTIMATE_NOTE = (
     "estimate at full size on the meta device: live tensor bytes, attention as a flash kernel;"
@@ -122,6 +123,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "vae_decode_tiled_pixel_err_max",
     ),
     "audio": ("audio_decode_ms",),
+    "parallel": (),  # bench/parallel.py: its figures go under extra["parallel"]
     "pipeline": (
         "pipeline_50_steps_s",
         "pipeline_30_steps_s",
@@ -718,6 +720,9 @@ class Bench:
             f" offload, {estimates['est_pipeline_peak_cpu_offload_gib']:.2f} GiB cpu_offload,"
             f" {estimates['est_pipeline_peak_block_offload_gib']:.2f} GiB block offload"
         )
+
+    def run_parallel(self) -> None:
+        run_parallel_section(self)
 
     # --- driver -------------------------------------------------------------------------------
 

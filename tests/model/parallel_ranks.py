@@ -116,5 +116,8 @@ def equality_checks(device: Any = None) -> dict[str, Any]:
     with torch.no_grad():
         split = ParallelRuntime(state).decode_video(pipe.video_vae, latent)
         whole = pipe.video_vae.decode(latent)
-    report["vae_split4"] = {"pixels": rel_l2(split, whole), "equal": bool(torch.equal(split, whole))}
+    report["vae_split4"] = {
+        "pixels": rel_l2(split, whole),
+        "equal": bool(torch.equal(split, whole)),
+    }
     return report
