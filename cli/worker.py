@@ -28,7 +28,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper())
     worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
     try:
-        run_worker(settings, worker_id)
+        if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of ranks
+            from server.worker_group import run_worker_group
+
+            run_worker_group(settings, worker_id)
+        else:
+            run_worker(settings, worker_id)
     except KeyboardInterrupt:
         pass
     return 0

@@ -138,6 +138,12 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     workers: int = Field(
         1, ge=0, description="Worker processes (one per GPU); 0 = API only, workers run elsewhere."
     )
+    gpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="GPUs per worker for one clip on several GPUs (--cfg-parallel/--sp): worker"
+        " i uses GPUs [i*K, i*K + K); None: as many as the layout needs.",
+    )
     max_queue_size: int = Field(1000, ge=1, description="Queued requests before 429.")
     max_attempts: int = Field(
         2, ge=1, description="Runs per request when its worker dies (2 = re-queued once)."
