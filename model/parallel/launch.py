@@ -1,8 +1,9 @@
 """Start the ranks of one clip on this machine: gloo on the CPU, NCCL on CUDA, no torchrun.
 
-`launch(fn, args, world_size=N)` spawns N processes (a fresh interpreter each), joins them into
-one process group on a free loopback port and runs `fn(*args)` in each; it returns rank 0's
-return value. A rank that raises or dies (killed, out of memory) ends the whole group: the
+`launch(fn, args, world_size=N)` starts N processes (forked from a clean server process that
+imported the model code once, `PRELOAD`; never from this one, which may hold threads or CUDA),
+joins them into one process group on a free loopback port and runs `fn(*args)` in each; it
+returns rank 0's value. A rank that raises or dies (killed, out of memory) ends the whole group: the
 others are terminated and `RankFailed` names the rank and why. Every wait is bounded: the
 process group's own timeout (a collective that waits longer fails) and `timeout` for the whole
 run. Under torchrun (`RANK`/`WORLD_SIZE` set) nothing is spawned: `fn` runs in this process.
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 600.0  # one collective may wait this long (a slow rank's whole step)
 POLL_S = 0.2
+# Ranks are forked from one clean server process (multiprocessing "forkserver": no threads, no
+# CUDA) that has imported these once, so N ranks do not import torch and the model N times.
+PRELOAD = ("torch", "torch.distributed", "model.pipeline")
 
 
 class RankFailed(RuntimeError):
@@ -131,7 +135,8 @@ def launch(
             return fn(*args, device=device)
         finally:
             dist.destroy_process_group()
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))  # no effect once this process's server runs
     port = _free_port()
     procs, pending = [], {}
     for r in range(world_size):
