@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 def worker_main(settings: ServerSettings, worker_id: str, slot: int, stop_event: EventType) -> None:
     """Entry point of a spawned worker process (imports the worker there, not here)."""
+    if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of ranks per clip
+        from server.worker_group import worker_group_main
+
+        worker_group_main(settings, worker_id, slot, stop_event)
+        return
     from server.worker import worker_process_main
 
     worker_process_main(settings, worker_id, slot, stop_event)

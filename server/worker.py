@@ -360,11 +360,6 @@ def worker_process_main(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker[{slot}] %(name)s: %(message)s",
     )
-    if settings.runtime.parallel_size > 1:  # one group of ranks per clip
-        from server.worker_group import run_worker_group
-
-        run_worker_group(settings, worker_id, stop_event=stop_event, slot=slot)
-        return
     device = settings.device
     if settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or ""):
         device = f"cuda:{slot}"  # one worker per GPU

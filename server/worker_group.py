@@ -1,7 +1,7 @@
 """One worker group per clip: `ovi worker --gpus 0,1,2,3 --cfg-parallel --sp 2`, and
 `ovi serve --workers N --gpus-per-worker K` (worker i: GPUs [i K, i K + K)).
 
-The worker process (started by the supervisor, or `ovi worker`) starts the group's ranks with
+The worker process (`supervisor.worker_main` -> `worker_group_main`, or `ovi worker`) starts the group's ranks with
 `model.parallel.launch`. Rank 0 runs the ordinary worker loop (`run_worker`): it alone talks to
 the job store and the storage. Its pipeline is a `LeaderPipeline`, which sends each clip's
 inputs to the other ranks before running it; they run the same call (`follow`) and drop the
@@ -174,3 +174,15 @@ def run_worker_group(
         gpus=gpus,
         collective_timeout=COLLECTIVE_TIMEOUT_S,
     )
+
+
+def worker_group_main(settings: ServerSettings, worker_id: str, slot: int, stop_event: Any) -> None:
+    """Entry point of the supervisor's worker process `slot` when the runtime asks for ranks."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s group[{slot}] %(name)s: %(message)s",
+    )
+    try:
+        run_worker_group(settings, worker_id, stop_event=stop_event, slot=slot)
+    except KeyboardInterrupt:
+        pass

@@ -185,6 +185,8 @@ def launch(
                 raise RankFailed(
                     f"rank {rank} failed: {message}", bad_input=bad_input, details=details
                 )
+        for proc in procs:  # every rank reported: let them exit on their own
+            proc.join(timeout=10)
         return result
     finally:
         for proc in procs:
