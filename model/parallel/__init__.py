@@ -19,22 +19,23 @@ process (float rounding only; CFG-parallel alone is bit-identical on the CPU):
   one process would; every rank holds the same latents after every step.
 
 Communication per fusion layer and per pass, for one rank of an `sp` group (b bytes per element:
-2 in bf16, 4 in fp32; N heads of d, D = N d; heads padded to Np = ceil(N / sp) sp when sp does
-not divide N; c_v, c_a the video and audio shard lengths, Lv, La the whole lengths):
+2 in bf16; N heads of d, D = N d; heads padded to Np = ceil(N / sp) sp when sp does not divide
+N; c_v, c_a the video and audio shard lengths, c = min(c_v, c_a) the shorter one):
 
-| attention | collective | elements this rank sends | at 704x704x121, sp=2, bf16 |
+| attention | collective | bytes this rank sends | 704x704x121, sp=2 |
 | --- | --- | --- | --- |
-| video self-attention | 3 all-to-alls in (q, k, v), 1 out | 4 c_v Np d (sp-1)/sp | 92 MB |
-| audio self-attention | the same on the audio shard | 4 c_a Np d (sp-1)/sp | 1 MB |
+| video self-attention | 3 all-to-alls in (q, k, v), 1 out | 4 c_v Np d (sp-1)/sp b | 92 MB |
+| audio self-attention | the same on the audio shard | 4 c_a Np d (sp-1)/sp b | 1.0 MB |
 | text cross-attention (both) | none: the text rows are on every rank | 0 | 0 |
-| video queries -> audio keys | all-gather of k, v (the audio shard) | 2 c_a D to sp-1 ranks | 1 MB |
-| audio queries -> video keys | all-gather of k, v (the video shard) | 2 c_v D to sp-1 ranks | 92 MB |
+| long queries -> short keys (video -> audio) | all-gather of the k, v shards | 2 c D (sp-1) b | 1.0 MB |
+| short queries -> long keys (audio -> video) | all-gather of the q shard; all-reduce of the fp32 softmax max, sum and values (`ShardedKVAttention`) | c D (sp-1) b + (2N + D) sp c 4 x 2(sp-1)/sp | 0.5 + 2.0 MB |
 
-The last row dominates at large sp (each rank receives the whole video k/v, 2 Lv D b bytes per
-layer, whatever sp is); an all-to-all for it is the known next step. Per step add the heads'
-gather (c_v x 192 + c_a x 20 fp32 values to each other rank) and, with CFG-parallel, the
-predictions' exchange (Lv x 192 + La x 20 fp32 values). `volume.step_volume` computes these
-figures; `python -m bench` prints them for 2, 4 and 8 ranks.
+The video self-attention's all-to-alls are nearly all of it (6 % less per rank per step at
+sp 4 than sp 2, 2.8 GB at sp 8: `volume.step_volume`; gathering the whole video k/v for the
+audio queries instead would cost each rank 2 Lv D b = 184 MB per layer whatever sp is). Per
+step add the heads' gather (c_v x 192 + c_a x 20 fp32 values to each other rank) and, with
+CFG-parallel, the predictions' exchange (Lv x 192 + La x 20 fp32 values); `python -m bench`
+prints the per-step totals for 2, 4 and 8 ranks.
 """
 
 from __future__ import annotations

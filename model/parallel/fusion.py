@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..modules.fusion import Context, FusionModel, TowerInputs, _skipped
-from .attention import GatheredKVAttention, UlyssesAttention
+from .attention import GatheredKVAttention, ShardedKVAttention, UlyssesAttention
 from .comm import gather_seq, group_rank, group_size
 from .groups import ParallelState, shard
 
@@ -34,6 +34,13 @@ def shard_tower(inputs: TowerInputs, group: Any, per_token: bool) -> TowerInputs
         changes["e"] = shard(inputs.e, 1, sp, me)  # [B, c, D]
         changes["e0"] = shard(inputs.e0, 1, sp, me)  # [B, c, 6, D]
     return inputs._replace(**changes)
+
+
+def fusion_attention(group: Any, queries: int, keys: int) -> Any:
+    """The cheaper exact fusion attention: move the shorter side. Long queries (video, 15004
+    tokens at 704x704) gather the short keys (audio, 157); short queries gather themselves and
+    attend to the long keys where they are."""
+    return ShardedKVAttention(group, keys) if queries <= keys else GatheredKVAttention(group, keys)
 
 
 def sequence_parallel_forward(
@@ -70,8 +77,8 @@ def sequence_parallel_forward(
     attends = {
         "video_self": UlyssesAttention(group, lv),
         "audio_self": UlyssesAttention(group, la),
-        "video_fusion": GatheredKVAttention(group, la),  # video queries, audio keys
-        "audio_fusion": GatheredKVAttention(group, lv),
+        "video_fusion": fusion_attention(group, lv, la),  # video queries, audio keys
+        "audio_fusion": fusion_attention(group, la, lv),  # audio queries, video keys
     }
     for vb, ab in zip(video_blocks, audio_blocks, strict=True):
         vb.self_attn.attend, ab.self_attn.attend = attends["video_self"], attends["audio_self"]

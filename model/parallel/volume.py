@@ -43,8 +43,14 @@ def step_volume(
         heads = shard_len(v.num_heads, sp) * sp  # padded to a multiple of sp
         leave = (sp - 1) / sp
         ulysses = 4 * (cv + ca) * heads * v.head_dim * leave  # q, k, v in, o out, both towers
-        fusion_kv = 2 * (ca * v.dim + cv * a.dim) * (sp - 1)  # own k, v shard to sp-1 ranks
-        per_layer = (ulysses + fusion_kv) * act_bytes
+        # fusion attention (`fusion.fusion_attention`): the shorter stream moves. Long queries
+        # gather the short side's k, v; short queries are gathered and their partial softmax
+        # sums all-reduced in fp32 (max and sum [N, Lq], values [N, Lq, d]; ring all-reduce).
+        short = min(cv, ca)
+        gathered_kv = 2 * short * v.dim * (sp - 1) * act_bytes
+        gathered_q = short * v.dim * (sp - 1) * act_bytes
+        reduced = (2 * v.num_heads + v.dim) * sp * short * 4 * 2 * (sp - 1) / sp
+        per_layer = ulysses * act_bytes + gathered_kv + gathered_q + reduced
         out_v = v.out_dim * math.prod(v.patch_size)  # 48 * (1*2*2) = 192 values per token
         head_gather = (cv * out_v + ca * a.out_dim) * 4 * (sp - 1)
     passes = 1 if cfg == 2 else 2

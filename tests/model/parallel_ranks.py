@@ -16,7 +16,7 @@ from PIL import Image
 
 from model.modules.attention import attention
 from model.parallel import ParallelRuntime, ParallelState
-from model.parallel.attention import GatheredKVAttention, UlyssesAttention
+from model.parallel.attention import GatheredKVAttention, ShardedKVAttention, UlyssesAttention
 from model.parallel.comm import gather_seq
 from model.parallel.groups import shard
 from model.pipeline import OviPipeline
@@ -47,12 +47,17 @@ def _attention_checks(state: ParallelState) -> dict[str, Any]:
         37,
         group,
     )
-    whole, whole_o = attention(q, k, v), attention(q, ko, vo)
+    # short queries (11) against the long sharded keys (37): the partial softmax merge
+    sharded = gather_seq(
+        ShardedKVAttention(group, 37)(shard(ko, 1, sp, me), local[1], local[2]), 11, group
+    )
+    whole, whole_o, whole_s = attention(q, k, v), attention(q, ko, vo), attention(ko, k, v)
     return {
         "ulysses_equal": bool(torch.equal(ulysses, whole)),
         "ulysses_max_abs": float((ulysses - whole).abs().max()),
         "gathered_equal": bool(torch.equal(gathered, whole_o)),
         "gathered_max_abs": float((gathered - whole_o).abs().max()),
+        "sharded_rel_l2": rel_l2(sharded, whole_s),
     }
 
 
