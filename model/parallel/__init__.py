@@ -30,9 +30,9 @@ N; c_v, c_a the video and audio shard lengths, c = min(c_v, c_a) the shorter one
 | long queries -> short keys (video -> audio) | all-gather of the k, v shards | 2 c D (sp-1) b | 1.0 MB |
 | short queries -> long keys (audio -> video) | all-gather of the q shard; all-reduce of the fp32 softmax max, sum and values (`ShardedKVAttention`) | c D (sp-1) b + (2N + D) sp c 4 x 2(sp-1)/sp | 0.5 + 2.0 MB |
 
-The video self-attention's all-to-alls are nearly all of it (6 % less per rank per step at
-sp 4 than sp 2, 2.8 GB at sp 8: `volume.step_volume`; gathering the whole video k/v for the
-audio queries instead would cost each rank 2 Lv D b = 184 MB per layer whatever sp is). Per
+The video self-attention's all-to-alls are nearly all of it: per rank per step 5.8 GB at sp 2,
+4.5 GB at sp 4, 2.8 GB at sp 8 (`volume.step_volume`). Gathering the whole video k/v for the
+audio queries instead would cost each rank about 2 Lv D b = 184 MB more per layer, whatever sp. Per
 step add the heads' gather (c_v x 192 + c_a x 20 fp32 values to each other rank) and, with
 CFG-parallel, the predictions' exchange (Lv x 192 + La x 20 fp32 values); `python -m bench`
 prints the per-step totals for 2, 4 and 8 ranks.
