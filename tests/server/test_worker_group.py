@@ -1,5 +1,6 @@
 """server/worker_group.py: jobs from the real SQLite store run on a group of 2 gloo ranks
-(CFG-parallel, tiny_1s); a bad job fails alone; the group stops on the stop event."""
+(CFG-parallel, tiny_1s); a bad job fails alone; a cancel stops every rank at the same step;
+the group stops on the stop event."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import time
 from pathlib import Path
 
 from model.options import RuntimeOptions
-from server.jobs import NewJob, open_store
+from server.jobs import JobStatus, NewJob, open_store
+from server.jobs.base import CANCELLED
 from server.schemas import T2V_APP, OviInput
 from server.settings import ServerSettings
 from server.worker_group import group_gpus, run_worker_group
+
+
+def t2v(**kw) -> dict:
+    return OviInput(prompt="a cat", **kw).model_dump(mode="json")
 
 
 def test_group_runs_jobs_and_stops(tmp_path: Path) -> None:
@@ -50,6 +56,14 @@ def test_group_runs_jobs_and_stops(tmp_path: Path) -> None:
             if failure:
                 break
             time.sleep(0.1)
+        # a cancel during a long clip: rank 0 decides, every rank stops at the same step
+        long = store.submit(NewJob(app=T2V_APP, input={**t2v(), "num_inference_steps": 1000}))
+        while store.get(long.id).status != JobStatus.IN_PROGRESS and time.time() < deadline:
+            time.sleep(0.05)
+        store.cancel(long.id)
+        after = store.submit(NewJob(app=T2V_APP, input=t2v(num_inference_steps=1)))
+        while not store.get(after.id).done and time.time() < deadline and not failure:
+            time.sleep(0.1)
     finally:
         stop.set()
         thread.join(60)
@@ -57,6 +71,8 @@ def test_group_runs_jobs_and_stops(tmp_path: Path) -> None:
     done = store.get(job.id)
     assert done.error is None and done.result["video"]["file_size"] > 0
     assert store.get(bad.id).error is not None  # a bad job fails alone; the group went on
+    assert store.get(long.id).error == CANCELLED
+    assert store.get(after.id).result["video"]["file_size"] > 0  # the group went on in step
     assert store.workers() == []
 
 
