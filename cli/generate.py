@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"image not found: {args.image}")
     started = time.perf_counter()
     line = run_ranks(_generate, args)  # one process, or every rank of the clip
-    print(f"{line}, {time.perf_counter() - started:.1f} s")
+    if line is not None:  # None: a rank other than 0 under torchrun
+        print(f"{line}, {time.perf_counter() - started:.1f} s")
     return 0
 
 
