@@ -289,8 +289,8 @@ class SelfAttention(FusableProjections):
 
     FUSIONS = {"qkv": ("q", "k", "v")}
     # The attention over the (possibly distributed) token sequence: None is the local
-    # `attention`; `model/parallel` sets a Ulysses all-to-all (self-attention) or a key/value
-    # gather (fusion attention) for one forward. Same signature as `attention`.
+    # `attention`; `model/parallel` sets a Ulysses all-to-all (self-attention) or a gather of
+    # the shorter stream (fusion attention) for one forward. Same signature as `attention`.
     attend: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
