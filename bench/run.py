@@ -44,6 +44,7 @@ from . import sections
 from .build import build_audio, build_text_encoder, build_video_vaes, random_fusion
 from .flops import Shape, forward_flops, step_flops
 from .memory import estimate_memory
+from .parallel import run_section as run_parallel_section
 
 logger = logging.getLogger("bench")
 
@@ -134,6 +135,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "audio": ("audio_decode_ms",),
     "totals": ("pipeline_50_steps_composed_s", "pipeline_30_steps_composed_s"),
     "pipeline": ("pipeline_50_steps_s", "pipeline_30_steps_s", "pipeline_peak_mem_gib"),
+    "parallel": (),  # bench/parallel.py: its figures go under extra["parallel"]
     "memory": (  # estimates at full size on the meta device (bench/memory.py), any machine
         "est_weights_fusion_gib",
         "est_weights_fusion_fp8_gib",
@@ -161,7 +163,8 @@ FLOP_KEYS = tuple(k for label in LABELS for k in _shape_keys(label)[:2])  # anal
 SECTION_KEYS["profile"] = ()  # a kernel table beside the JSON (`<out>.kernels.txt`), extra
 # The built-in sections in the default plan's order (`--plan full`); see `register_builtins`.
 BUILTIN_SECTIONS = (
-    "matmul", "dit", "profile", "variants", "t5", "vae", "audio", "totals", "pipeline", "memory"
+    "matmul", "dit", "profile", "variants", "t5", "vae", "audio", "totals", "pipeline", "memory",
+    "parallel",
 )  # fmt: skip
 # Plans: (sections in order of value, shapes). `lease` is the one GPU command of at most 8
 # minutes (bench/gpu-lease.sh); `lease-960` the second one, for the 960x960 shapes.
@@ -179,6 +182,7 @@ PLANS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "profile",
             "variants",
             "pipeline",
+            "parallel",
         ),
         (MAIN,),
     ),  # fmt: skip
@@ -840,6 +844,9 @@ class Bench:
             f" offload, {estimates['est_pipeline_peak_cpu_offload_gib']:.2f} GiB cpu_offload,"
             f" {estimates['est_pipeline_peak_block_offload_gib']:.2f} GiB block offload"
         )
+
+    def run_parallel(self) -> None:
+        run_parallel_section(self)
 
     # --- driver -------------------------------------------------------------------------------
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from cli import UsageError
-from cli.clips import add_output_flags, check_before_loading, load, read_image, save
-from cli.flags import add_model_flags, add_sampling_flags
+from cli.clips import add_output_flags, check_before_loading, load, read_image, run_ranks, save
+from cli.flags import add_model_flags, add_sampling_flags, sampling_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,13 +87,11 @@ def _done_items(log_path: Path) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     rows = read_prompt_table(args.prompts)
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     images = image_paths(rows, args.prompts)
-    params = check_before_loading(args, [row["text_prompt"] for row in rows])
+    check_before_loading(args, [row["text_prompt"] for row in rows])
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "results.jsonl"
@@ -102,11 +101,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(items)} clips: {len(items) - len(todo)} already done, {len(todo)} to generate")
     if not todo:
         return 0
-    pipe = load(args)
+    return run_ranks(_generate_items, args, rows, images, todo, log_path)
+
+
+def _generate_items(
+    args: argparse.Namespace,
+    rows: list[dict[str, str]],
+    images: dict[int, Path],
+    todo: list[tuple[int, int]],
+    log_path: Path,
+    device: Any = None,
+) -> int | None:
+    """One rank's part (all of it in one process): every rank generates every item; rank 0
+    shows progress, writes the clips and the log, and returns the exit code."""
+    from tqdm import tqdm
+
+    out_dir: Path = args.out_dir
+    pipe = load(args, device)
+    main = pipe.parallel is None or pipe.parallel.is_main
+    params = pipe.preset.sampling.replace(**sampling_overrides(args))
     failures = 0
     with (
-        tqdm(total=len(todo) * params.steps, unit="step", desc="batch") as bar,
-        open(log_path, "a") as log_file,
+        tqdm(total=len(todo) * params.steps, unit="step", desc="batch", disable=not main) as bar,
+        open(log_path if main else os.devnull, "a") as log_file,
     ):
         for r, k in todo:
             row, item = rows[r], f"{r:04d}_{k}"
@@ -128,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                     params=params.replace(seed=seed),
                     callback=lambda info, base=base: bar.update(base + info.step - bar.n),
                 )
-                save(out, path, args)
+                if main:
+                    save(out, path, args)
                 record.update(
                     status="ok", path=str(path), seed=out.seed, width=out.width, height=out.height,
                     frames=out.num_frames, duration=out.duration,
@@ -136,10 +154,13 @@ def run(args: argparse.Namespace) -> int:
             except (UsageError, ValueError) as exc:  # a bad row fails alone; the batch goes on
                 failures += 1
                 record.update(status="error", error=str(exc))
-                tqdm.write(f"error: row {r + 1} ({item}): {exc}")
+                if main:
+                    tqdm.write(f"error: row {r + 1} ({item}): {exc}")
                 bar.update(base + params.steps - bar.n)
             record["seconds"] = round(time.perf_counter() - started, 3)
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+    if not main:
+        return None
     print(f"{len(todo) - failures} generated, {failures} failed; log: {log_path}")
     return 1 if failures else 0

@@ -4,6 +4,7 @@ image, write a clip (MP4, and optionally WAV and raw arrays) and its one-line su
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,43 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace) -> OviPipeline:
+def load(args: argparse.Namespace, device: Any = None) -> OviPipeline:
+    """The pipeline the flags ask for; `device` (a rank's own) overrides `--device`."""
     from model.pipeline import load_pipeline
 
-    return load_pipeline(model_source(args), runtime_options(args))
+    return load_pipeline(
+        model_source(args), runtime_options(args), None if device is None else str(device)
+    )
+
+
+def run_ranks(fn: Callable[..., Any], args: argparse.Namespace, *extra: Any) -> Any:
+    """`fn(args, *extra, device=...)` on every rank of one clip (`--world-size N` gloo ranks on
+    the CPU, one per `--gpus` entry on CUDA; `model.parallel.launch`), or here when that is one
+    rank. Returns rank 0's value; a failed rank is one `error:` line."""
+    runtime = runtime_options(args)
+    gpus = runtime.gpu_list()
+    if gpus and len(gpus) != runtime.parallel_size:
+        raise UsageError(
+            f"--gpus lists {len(gpus)} devices but one clip runs on {runtime.parallel_size}"
+            " (2 with --cfg-parallel, K with --sp K, 2K with both)"
+        )
+    if runtime.parallel_size == 1:
+        return fn(args, *extra, device=f"cuda:{gpus[0]}" if gpus else None)
+    if runtime.world_size is None and not gpus:
+        raise UsageError(
+            f"--cfg-parallel/--sp ask for {runtime.parallel_size} ranks: add "
+            f"--world-size {runtime.parallel_size} (CPU, gloo) or --gpus with as many devices"
+        )
+    from model.parallel import RankFailed, launch
+
+    try:
+        return launch(fn, (args, *extra), world_size=runtime.parallel_size, gpus=gpus or None)
+    except RankFailed as exc:
+        raise UsageError(str(exc)) if exc.bad_input else RanksFailed(str(exc)) from None
+
+
+class RanksFailed(Exception):
+    """A rank of a multi-rank clip failed (not bad input): an `error:` line, exit code 1."""
 
 
 def check_before_loading(args: argparse.Namespace, prompts: list[str]) -> SamplingParams:
@@ -64,8 +98,10 @@ def save(out: OviOutput, path: Path, args: argparse.Namespace) -> None:
         write_arrays(path.with_suffix(".npz"), video=out.video, audio=out.audio)
 
 
-def summary(out: OviOutput, path: Path, seconds: float) -> str:
-    return (
+def summary(out: OviOutput, path: Path, seconds: float | None) -> str:
+    """One line per clip; `seconds=None` leaves the time taken for the caller to add."""
+    line = (
         f"{path}: {out.width}x{out.height}, {out.num_frames} frames, {out.duration:.2f} s, "
-        f"seed {out.seed}, {seconds:.1f} s"
+        f"seed {out.seed}"
     )
+    return line if seconds is None else f"{line}, {seconds:.1f} s"

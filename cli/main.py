@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import UsageError, batch, conformance, generate, serve, tls, weights, worker
+from cli.clips import RanksFailed
 
 SUBCOMMANDS = (generate, batch, serve, worker, conformance, weights, tls)
 
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RanksFailed as exc:  # a rank of a multi-rank clip failed (logged above)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

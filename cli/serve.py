@@ -74,6 +74,9 @@ def add_settings_flags(p: argparse.ArgumentParser, *, network: bool) -> None:
         help="allow a non-loopback --host with no API keys",
     )
     p.add_argument("--workers", type=int, help="worker processes, one per GPU (0: API only)")
+    p.add_argument(
+        "--gpus-per-worker", type=int, help="GPUs per worker group (with --cfg-parallel/--sp)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:

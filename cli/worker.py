@@ -1,6 +1,9 @@
 """`ovi worker`: workers on any machine, sharing only the job store and the storage with the API
 (`ovi serve --workers 0`): one worker in the foreground, or with `--gpus 0,1,...` one supervised
-worker process per listed GPU (restarted when it dies, its job recovered)."""
+worker per GPU (restarted when it dies, its job recovered). With `--cfg-parallel`/`--sp` a worker
+is a group of ranks for one clip: `--gpus` is then cut into slices of that many GPUs, one
+supervised worker group per slice (without `--gpus`, one group of CPU ranks with
+`--world-size`)."""
 
 from __future__ import annotations
 
@@ -26,10 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_settings_flags(worker, network=False)
     worker.add_argument(
-        "--gpus",
-        help="comma-separated GPU indices: one supervised worker process per GPU (e.g. 0,1,2,3)",
-    )
-    worker.add_argument(
         "--metrics-port",
         type=int,
         help="also serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics"
@@ -44,12 +43,17 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_weights(settings)
     configure_logging(settings.log_level, settings.log_format, process="worker")
-    if settings.gpus:
+    if settings.runtime.gpu_list():
         return run_supervised(settings)
+    worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
+    if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of CPU ranks
+        from server.worker_group import worker_group_main
+
+        worker_group_main(settings, worker_id, 0)
+        return 0
     from server.metrics import WorkerMetrics
     from server.worker import run_worker_until_signalled
 
-    worker_id = f"{socket.gethostname()}-cli-{uuid.uuid4().hex[:6]}"
     metrics = WorkerMetrics()
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -61,19 +65,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_supervised(settings) -> int:  # noqa: ANN001 - ServerSettings, imported lazily
-    """One worker process per GPU in `settings.gpus` until SIGTERM or Ctrl-C."""
+    """One supervised worker (or worker group) per slice of `--gpus` until SIGTERM or Ctrl-C."""
     from server.jobs import open_store
     from server.supervisor import WorkerSupervisor
 
     if settings.metrics_port is not None:
         log.warning("--metrics-port is ignored with --gpus: the workers report through the store")
-    settings = settings.model_copy(update={"workers": len(settings.gpus)})
+    groups = settings.runtime.gpu_groups()
+    settings = settings.model_copy(update={"workers": len(groups)})
     store = open_store(settings.job_store_url, retry_s=30.0)
     supervisor = WorkerSupervisor(settings, store)
     stop = threading.Event()
     _on_sigterm(stop)
     supervisor.start()
-    log.info("supervising workers on GPUs %s", ",".join(settings.gpus))
+    log.info("supervising %d workers on GPUs %s", len(groups), groups)
     try:
         while not stop.wait(1.0):
             pass

@@ -100,15 +100,73 @@ class RuntimeOptions:
     )
     batch_cfg: bool = option(False, "run both guidance passes as one batch of 2")
 
+    # --- one clip on several devices (model/parallel) ---
+    cfg_parallel: bool = option(
+        False, "run the positive and the negative guidance pass on two ranks at once"
+    )
+    sp_degree: int = option(
+        1,
+        "Ulysses sequence parallelism: split each tower's tokens over this many ranks",
+        flag="--sp",
+    )
+    world_size: int | None = option(
+        None, "CPU ranks (gloo) for one clip: 2 with --cfg-parallel, K with --sp K, 2K with both"
+    )
+    gpus: str | None = option(None, "CUDA devices for one clip, one rank each (e.g. 0,1,2,3; NCCL)")
+
     def __post_init__(self) -> None:
         if self.fp8_compute and (self.device or "").startswith("cpu"):
             raise ValueError(
                 "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"
             )
+        self._check_parallel()
         if self.dtype is not None and self.dtype not in typing.get_args(Dtype):
             raise ValueError(
                 f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}"
             )
+
+    @property
+    def parallel_size(self) -> int:
+        """Ranks one clip runs on: 2 with `cfg_parallel`, times `sp_degree`."""
+        return (2 if self.cfg_parallel else 1) * self.sp_degree
+
+    def gpu_list(self) -> list[int]:
+        """`gpus` as device indices ([] when not given)."""
+        return [int(g) for g in self.gpus.split(",") if g.strip()] if self.gpus else []
+
+    def _check_parallel(self) -> None:
+        """The ranks `world_size` or `gpus` give must be the ones cfg_parallel x sp ask for."""
+        if self.sp_degree < 1:
+            raise ValueError(f"--sp must be at least 1, got {self.sp_degree}")
+        if self.world_size is not None and self.world_size < 1:
+            raise ValueError(f"--world-size must be at least 1, got {self.world_size}")
+        if self.gpus is not None:
+            try:
+                gpus = self.gpu_list()
+            except ValueError:
+                raise ValueError(
+                    f"--gpus must list device numbers like 0,1,2,3, got {self.gpus!r}"
+                ) from None
+            if len(set(gpus)) != len(gpus) or not gpus:
+                raise ValueError(f"--gpus must list distinct device numbers, got {self.gpus!r}")
+            if self.world_size is not None:
+                raise ValueError("give --gpus (CUDA) or --world-size (CPU ranks), not both")
+        if self.world_size is not None and self.world_size != self.parallel_size:
+            raise ValueError(
+                f"{self.world_size} ranks given but --cfg-parallel x --sp asks for"
+                f" {self.parallel_size} (2 with --cfg-parallel, K with --sp K, 2K with both)"
+            )
+        if self.gpus is not None and len(self.gpu_list()) % self.parallel_size:
+            raise ValueError(
+                f"{len(self.gpu_list())} GPUs given but --cfg-parallel x --sp asks for"
+                f" {self.parallel_size} per clip (2 with --cfg-parallel, K with --sp K, 2K with"
+                " both): give one clip's GPUs, or a multiple for a worker per slice"
+            )
+
+    def gpu_groups(self) -> list[list[int]]:
+        """`gpus` cut into one slice of `parallel_size` devices per worker ([] without gpus)."""
+        gpus, k = self.gpu_list(), self.parallel_size
+        return [gpus[i : i + k] for i in range(0, len(gpus), k)]
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         """A copy with `changes`; `None` values are dropped (a flag that was not given)."""

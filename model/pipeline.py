@@ -55,6 +55,7 @@ from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
 from .optimize.offload import visit_device
 from .options import ModelSource, RuntimeOptions
+from .parallel import ParallelRuntime
 from .preprocess import (
     area_mismatch,
     image_target_size,
@@ -253,6 +254,8 @@ class OviPipeline:
             offloaded = any(module is m for m in self._offloaded)
             module.to(torch.device("cpu") if offloaded else self.device).eval()
         self.fast_path = optimize_pipeline(self, config)
+        # one clip on several ranks (model/parallel): None in a single process
+        self.parallel = ParallelRuntime.from_options(runtime)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -440,7 +443,12 @@ class OviPipeline:
         `audio_decode` seconds (each ends with a copy to the host, so it includes the device)."""
         clock = time.perf_counter()
         with self._on_device(self.video_vae):  # 8-bit frames piece by piece, straight to host
-            frames = self.video_vae.decode_uint8(video.to(self.dtype), device="cpu")
+            latent = video.to(self.dtype)
+            if self.parallel is None:
+                frames = self.video_vae.decode_uint8(latent, device="cpu")
+            else:  # rows split over the ranks, gathered
+                pixels = self.parallel.decode_video(self.video_vae, latent)  # [1, 3, T, H, W]
+                frames = self.video_vae.to_uint8(pixels).cpu()
         frames_np = frames[0].numpy()  # [T, H, W, 3]
         vae_done = time.perf_counter()
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
@@ -469,6 +477,8 @@ class OviPipeline:
         # 1. inputs and size
         self.check_inputs(prompt, params)
         seed = secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed
+        if self.parallel is not None:
+            seed = self.parallel.shared_seed(seed)
         height, width = self.resolve_size(image, params)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -487,9 +497,11 @@ class OviPipeline:
         clock = time.perf_counter()
         with self._on_device(self.fusion), self.fusion.clip():  # clip cache: RoPE, text K/V
             video, audio = denoise(
-                self.fusion, video, audio, text_pos, text_vneg, text_aneg, params,
+                self.fusion if self.parallel is None else self.parallel.wrap(self.fusion),
+                video, audio, text_pos, text_vneg, text_aneg, params,
                 first_frame_latent=first_frame, callback=callback, should_cancel=should_cancel,
-                batch_cfg=self.fast_path is not None and self.fast_path.batch_cfg,
+                batch_cfg=self.parallel is not None
+                or (self.fast_path is not None and self.fast_path.batch_cfg),
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
         # 5. decode

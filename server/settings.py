@@ -153,9 +153,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     workers: int = Field(
         1, ge=0, description="Worker processes (one per GPU); 0 = API only, workers run elsewhere."
     )
-    gpus: StrList = Field(
-        default_factory=list,
-        description="`ovi worker`: GPU indices, one supervised worker process each (e.g. 0,1).",
+    gpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="GPUs per worker for one clip on several GPUs (--cfg-parallel/--sp): worker"
+        " i uses GPUs [i*K, i*K + K); None: as many as the layout needs.",
     )
     max_queue_size: int = Field(1000, ge=1, description="Queued requests before 429.")
     max_attempts: int = Field(
@@ -255,7 +257,6 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
         "api_keys",
         "admin_api_keys",
         "url_allowlist",
-        "gpus",
         mode="before",
     )
     @classmethod
@@ -267,14 +268,6 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
-    @field_validator("gpus")
-    @classmethod
-    def _check_gpus(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not item.isdigit():
-                raise ValueError(f"gpus are device indices like 0,1,2; not {item!r}")
         return value
 
     @field_validator("api_keys", "admin_api_keys")

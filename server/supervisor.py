@@ -37,6 +37,11 @@ CRASH_LOOP_FAILURES = 3  # early deaths in a row that make a slot "failing" in /
 
 def worker_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     """Entry point of a spawned worker process (imports the worker there, not here)."""
+    if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of ranks per clip
+        from server.worker_group import worker_group_main
+
+        worker_group_main(settings, worker_id, slot)
+        return
     from server.worker import worker_process_main
 
     worker_process_main(settings, worker_id, slot)

@@ -664,8 +664,8 @@ def worker_process_main(settings: ServerSettings, worker_id: str, slot: int) -> 
     """Entry point of a spawned worker process."""
     configure_logging(settings.log_level, settings.log_format, process=f"worker[{slot}]")
     device = settings.device
-    if settings.gpus:  # `ovi worker --gpus 0,1`: this slot's GPU
-        device = f"cuda:{settings.gpus[slot]}"
+    if settings.runtime.gpu_list():  # `ovi worker --gpus 0,1`: this slot's GPU
+        device = f"cuda:{settings.runtime.gpu_groups()[slot][0]}"
     elif (
         settings.workers > 1 and (device or "cuda").startswith("cuda") and ":" not in (device or "")
     ):

@@ -222,6 +222,13 @@ class VideoVAE(nn.Module):
         out = torch.cat(frames, dim=2)  # [B, 12, T, h*8, w*8]
         return unpatchify(out, patch_size=self.config.patch_size)  # [B, 3, T, 16h, 16w]
 
+    @staticmethod
+    def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+        """Decoded pixels [B, 3, T, H, W] in [-1, 1] -> 8-bit frames [B, T, H, W, 3]: the one
+        conversion (round((clamp(x, -1, 1) + 1) * 127.5) in float32)."""
+        pixels = pixels.clamp(-1.0, 1.0).float().clamp(-1, 1)
+        return ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+
     @torch.no_grad()
     def decode_uint8(
         self, latent: torch.Tensor, device: torch.device | str | None = None
@@ -243,8 +250,7 @@ class VideoVAE(nn.Module):
 
         def write(frame: int, piece: torch.Tensor, rows: slice = slice(None)) -> None:
             """piece [b, 3, n, H, W] -> uint8 frames out[rows, frame : frame + n]."""
-            pixels = piece.clamp(-1.0, 1.0).float().clamp(-1, 1)
-            pixels = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+            pixels = self.to_uint8(piece)
             if pixels.device.type != "meta" or device.type == "meta":
                 out[rows, frame : frame + pixels.shape[1]].copy_(pixels, non_blocking=pin)
 

@@ -148,7 +148,7 @@ def test_worker_gpus_and_redis_urls(capsys: pytest.CaptureFixture[str]) -> None:
     s = settings_from_args(
         parse("worker", "--gpus", "0,2", "--job-store", "redis://10.0.0.5:6379/0")
     )
-    assert s.gpus == ["0", "2"] and s.job_store_url == "redis://10.0.0.5:6379/0"
+    assert s.runtime.gpu_list() == [0, 2] and s.job_store_url == "redis://10.0.0.5:6379/0"
     for bad in (["--gpus", "cuda:0"], ["--job-store", "redis://10.0.0.5/0"]):
         assert main(["worker", "--preset", "tiny", *bad]) == 2
         err = capsys.readouterr().err
@@ -170,6 +170,18 @@ def test_worker_gpus_give_each_supervised_process_its_gpu(monkeypatch: pytest.Mo
     for slot in (0, 1):
         worker_module.worker_process_main(s, f"w{slot}", slot)
     assert seen == ["cuda:2", "cuda:5"]
+
+
+def test_worker_gpus_are_cut_into_one_slice_per_group() -> None:
+    """With --cfg-parallel/--sp, --gpus lists a multiple of one clip's ranks: a worker group per
+    slice; a count that is not a multiple is one error line."""
+    from server.worker_group import group_gpus
+
+    s = settings_from_args(parse("worker", "--preset", "tiny", "--gpus", "0,1,2,3", "--sp", "2"))
+    assert s.runtime.gpu_groups() == [[0, 1], [2, 3]]
+    assert [group_gpus(s, slot) for slot in (0, 1)] == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="3 GPUs given"):
+        settings_from_args(parse("worker", "--gpus", "0,1,2", "--cfg-parallel"))
 
 
 def test_worker_serves_its_metrics_and_logs_json(tmp_path: Path) -> None:
