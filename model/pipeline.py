@@ -527,7 +527,9 @@ class OviPipeline:
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
         if forwards.skipped:
-            logger.info("step cache: %d DiT forwards run, %d skipped", forwards.run, forwards.skipped)
+            logger.info(
+                "step cache: %d DiT forwards run, %d skipped", forwards.run, forwards.skipped
+            )
         # 5. decode
         clock = time.perf_counter()
         frames, waveform = self.decode(video, audio)

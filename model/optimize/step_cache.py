@@ -71,7 +71,9 @@ class StepCache:
             or self._last_out is None
         ):
             return False
-        for t, (x, x_prev, y_last) in enumerate(zip((video, audio), prev, self._last_out)):
+        for t, (x, x_prev, y_last) in enumerate(
+            zip((video, audio), prev, self._last_out, strict=True)
+        ):
             self._acc[t] += self._rate[t] * _norm(x - x_prev) / max(_norm(y_last), 1e-12)
         return max(self._acc) < self.threshold
 
@@ -85,7 +87,7 @@ class StepCache:
         if self._last_in is not None and self._last_out is not None:
             rates = []
             for x, y, x_last, y_last in zip(
-                (video, audio), (out_v, out_a), self._last_in, self._last_out
+                (video, audio), (out_v, out_a), self._last_in, self._last_out, strict=True
             ):
                 dx = _norm(x - x_last)
                 rates.append(_norm(y - y_last) / dx if dx > 0 else 0.0)
