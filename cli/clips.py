@@ -48,7 +48,9 @@ def save(out: OviOutput, path: Path, args: argparse.Namespace) -> None:
 
 
 def summary(out: OviOutput, path: Path, seconds: float) -> str:
+    metrics = out.metrics
     return (
         f"{path}: {out.width}x{out.height}, {out.num_frames} frames, {out.duration:.2f} s, "
-        f"seed {out.seed}, {seconds:.1f} s"
+        f"seed {out.seed}, {seconds:.1f} s, DiT forwards {metrics.get('dit_forwards', 0)} run, "
+        f"{metrics.get('dit_forwards_skipped', 0)} skipped"
     )

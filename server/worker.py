@@ -189,7 +189,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         }
         total = time.perf_counter() - started
         store.append_log(job.id, f"Done in {total:.1f}s (seed {out.seed})")
-        finish(Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}))
+        metrics = {"inference_time": round(inference_time, 3), **out.metrics}
+        finish(Outcome(result=result, metrics=metrics))
     except GenerationCancelled:
         if user_cancelled or not ctx.stopping():
             store.append_log(job.id, "Cancelled", source="SYSTEM")
