@@ -160,6 +160,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         if job.app == I2V_APP:
             image = load_image(input_image(job, ctx.storage))
         params = sampling_params(job.app, job.input, pipe.preset.sampling)
+        if pipe.runtime.fast:  # few-step mode: its LoRA is distilled for the preset's steps
+            params = params.replace(steps=pipe.preset.sampling.steps)
         store.append_log(job.id, f"Generating ({params.steps} steps)")
         out = pipe(
             job.input["prompt"], image, params=params, callback=on_step, should_cancel=should_cancel

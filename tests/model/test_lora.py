@@ -26,6 +26,15 @@ RANK = 4
 STATE = random_fusion_state(TINY, 1)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one thread is faster than two on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model():
     state = {k: v.clone() for k, v in STATE.items()}
     return load_fusion(state, TINY, source="random", dtype=torch.float32)
