@@ -177,6 +177,7 @@ def test_run_job_cancel_and_shutdown(tiny_pipeline, store: SqliteJobStore, ctx: 
 
 class FakePipeline:
     preset = get_preset("tiny")
+    runtime = RuntimeOptions()
 
     def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
         from model.pipeline import OviOutput, StepInfo
