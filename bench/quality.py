@@ -38,7 +38,7 @@ from model.presets import fast_preset
 from model.sampling import SamplingParams
 
 PROMPT = "A man says <S>hello there<E> while waving. Audio: male voice, light wind"
-THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.75, 1.0)
+THRESHOLDS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 
 def rel_l2(x: torch.Tensor, ref: torch.Tensor) -> float:

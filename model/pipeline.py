@@ -283,8 +283,9 @@ class OviPipeline:
             offloaded = any(module is m for m in self._offloaded)
             module.to(torch.device("cpu") if offloaded else self.device).eval()
         # speed and size on purpose (approximate): LoRAs merged, few-step defaults, 8-bit
-        self.loras = apply_loras(fusion, [*parse_specs(runtime.lora), *loras])
-        for spec, lora in zip([*parse_specs(runtime.lora), *loras], self.loras, strict=True):
+        specs = [*parse_specs(runtime.lora), *loras]
+        self.loras = apply_loras(fusion, specs)  # every file read and checked before any merge
+        for spec, lora in zip(specs, self.loras, strict=True):
             logger.info("LoRA %s merged at %g into %s", spec.path, spec.scale, lora.towers)
         if runtime.fast:
             self.preset = fast_preset(preset)
