@@ -56,13 +56,19 @@ _DIFFUSERS_RENAMES = (
     (re.compile(r"^blocks\.(\d+)\.attn2\.to_out\.0$"), r"blocks.\1.cross_attn.o"),
     (re.compile(r"^blocks\.(\d+)\.ffn\.net\.0\.proj$"), r"blocks.\1.ffn.0"),
     (re.compile(r"^blocks\.(\d+)\.ffn\.net\.2$"), r"blocks.\1.ffn.2"),
+    (re.compile(r"^blocks\.(\d+)\.attn1\.norm_(q|k)$"), r"blocks.\1.self_attn.norm_\2"),
+    (re.compile(r"^blocks\.(\d+)\.attn2\.norm_(q|k)$"), r"blocks.\1.cross_attn.norm_\2"),
     (re.compile(r"^blocks\.(\d+)\.norm2$"), r"blocks.\1.norm3"),
+    (re.compile(r"^blocks\.(\d+)\.scale_shift_table$"), r"blocks.\1.modulation.modulation"),
+    (re.compile(r"^scale_shift_table$"), "head.modulation"),
     (re.compile(r"^condition_embedder\.text_embedder\.linear_1$"), "text_embedding.0"),
     (re.compile(r"^condition_embedder\.text_embedder\.linear_2$"), "text_embedding.2"),
     (re.compile(r"^condition_embedder\.time_embedder\.linear_1$"), "time_embedding.0"),
     (re.compile(r"^condition_embedder\.time_embedder\.linear_2$"), "time_embedding.2"),
     (re.compile(r"^condition_embedder\.time_proj$"), "time_projection.1"),
     (re.compile(r"^proj_out$"), "head.head"),
+    # Wan's block modulation table is a parameter of the block; Ovi wraps it in a module
+    (re.compile(r"^blocks\.(\d+)\.modulation$"), r"blocks.\1.modulation.modulation"),
 )
 
 
@@ -167,9 +173,23 @@ def _module_name(base: str, kohya: Mapping[str, str]) -> str | None:
     return f"{tower}.{base}"
 
 
+def _targets(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """What a LoRA may change, by name: each module with a weight -> (weight, bias), and each
+    bare parameter (`head.modulation`, the blocks' modulation tables) -> (it, None)."""
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if name and isinstance(weight, torch.Tensor):
+            targets[name] = (weight, getattr(module, "bias", None))
+    for name, param in model.named_parameters():
+        if not name.endswith((".weight", ".bias")):
+            targets[name] = (param, None)
+    return targets
+
+
 def map_lora(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> LoraWeights:
     """Map a LoRA state dict onto `model` (a `FusionModel`); LoraError names what does not fit."""
-    modules = dict(model.named_modules())
+    modules = _targets(model)
     kohya = _kohya_table(model)
     weights = LoraWeights(source)
     unknown: list[str] = []
@@ -199,10 +219,10 @@ def map_lora(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -
     return weights
 
 
-def _check_shapes(source: str, name: str, delta: LoraDelta, module: nn.Module) -> None:
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        raise LoraError(f"{source}: {name} has no weight to change")
+def _check_shapes(
+    source: str, name: str, delta: LoraDelta, target: tuple[torch.Tensor, torch.Tensor | None]
+) -> None:
+    weight, bias = target
     if (delta.down is None) != (delta.up is None):
         raise LoraError(f"{source}: {name} has only one of the two LoRA matrices")
     if delta.down is not None and delta.up is not None:
@@ -222,7 +242,6 @@ def _check_shapes(source: str, name: str, delta: LoraDelta, module: nn.Module) -
             f"{source}: a LoRA for another architecture: {name} is {list(weight.shape)},"
             f" its diff is {list(delta.diff.shape)}"
         )
-    bias = getattr(module, "bias", None)
     if delta.diff_b is not None and (bias is None or delta.diff_b.shape != bias.shape):
         raise LoraError(f"{source}: {name}'s bias difference does not fit the model")
 
@@ -239,15 +258,13 @@ def load_lora(path: str | Path, model: nn.Module) -> LoraWeights:
 def merge_lora(model: nn.Module, lora: LoraWeights, scale: float = 1.0) -> None:
     """Add `scale` x the LoRA's changes to the weights (computed in float32, stored back in each
     weight's dtype)."""
-    modules = dict(model.named_modules())
+    targets = _targets(model)
     for name, delta in lora.deltas.items():
-        module = modules[name]
-        weight = module.weight
+        weight, bias = targets[name]
         change = delta.weight_delta(weight.shape)
         if change is not None:
             weight.copy_((weight.float() + scale * change.to(weight.device)).to(weight.dtype))
-        if delta.diff_b is not None:
-            bias = module.bias
+        if delta.diff_b is not None and bias is not None:
             bias.copy_((bias.float() + scale * delta.diff_b.float().to(bias.device)).to(bias.dtype))
 
 

@@ -211,3 +211,26 @@ def test_cli_unknown_key_is_one_error_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ")
     assert "diffusion_model.blocks.0.self_attn.nope.lora_A.weight" in err[0]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_full_differences_reach_parameters_and_biases(tmp_path):
+    """`diff` / `diff_b` keys (Kijai-style extracted LoRAs), Wan names: the block modulation
+    table (Ovi: `modulation.modulation`), the head's table, a norm and a bias."""
+    model = _model()
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(3)
+    targets = {
+        "diffusion_model.blocks.0.modulation.diff": "video_model.blocks.0.modulation.modulation",
+        "diffusion_model.head.modulation.diff": "video_model.head.modulation",
+        "diffusion_model.blocks.1.norm3.diff": "video_model.blocks.1.norm3.weight",
+        "diffusion_model.blocks.1.self_attn.q.diff_b": "video_model.blocks.1.self_attn.q.bias",
+    }
+    state = {k: torch.randn(params[v].shape, generator=g) for k, v in targets.items()}
+    save_file(state, str(tmp_path / "diff.safetensors"))
+    apply_loras(model, [f"{tmp_path / 'diff.safetensors'}:0.5"])
+    hand = _model()
+    with torch.no_grad():
+        for key, name in targets.items():
+            dict(hand.named_parameters())[name].add_(0.5 * state[key])
+    for name, param in hand.state_dict().items():
+        assert torch.equal(model.state_dict()[name], param), name
