@@ -149,6 +149,7 @@ def run(preset: str, steps: int) -> list[dict]:
             bf16_ref,
             ref,
             weight_bytes(bf16.fusion),
+            full_size_dit_bytes=full_size_bytes("bf16"),
             forward_rel_l2_video=rel_l2(bf16_forward[0], fp32_forward[0]),
             forward_rel_l2_audio=rel_l2(bf16_forward[1], fp32_forward[1]),
         )  # fmt: skip
@@ -166,6 +167,7 @@ def run(preset: str, steps: int) -> list[dict]:
                 clip(quant, params, None),
                 bf16_ref,
                 weight_bytes(quant.fusion),
+                full_size_dit_bytes=full_size_bytes(mode),
                 forward_rel_l2_video=rel_l2(forward[0], bf16_forward[0]),
                 forward_rel_l2_audio=rel_l2(forward[1], bf16_forward[1]),
             )  # fmt: skip
