@@ -234,3 +234,16 @@ def test_full_differences_reach_parameters_and_biases(tmp_path):
             dict(hand.named_parameters())[name].add_(0.5 * state[key])
     for name, param in hand.state_dict().items():
         assert torch.equal(model.state_dict()[name], param), name
+
+
+def test_pipeline_merges_runtime_loras_before_the_fast_path(tmp_path):
+    from model.pipeline import OviPipeline
+
+    expected = _write_lora(tmp_path / "l.safetensors", WAN_MODULES, "peft_diffusion_model")
+    plain = OviPipeline.from_preset("tiny_1s", seed=3)
+    pipe = OviPipeline.from_preset("tiny_1s", seed=3, lora=[f"{tmp_path / 'l.safetensors'}:2"])
+    assert [lora.towers for lora in pipe.loras] == [["video_model"]]
+    for name, (down, up, rank_scale) in expected.items():
+        before = plain.fusion.get_submodule(name).weight
+        after = pipe.fusion.get_submodule(name).weight
+        assert torch.equal(after, before + 2 * rank_scale * (up @ down))
