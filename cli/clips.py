@@ -100,8 +100,10 @@ def save(out: OviOutput, path: Path, args: argparse.Namespace) -> None:
 
 def summary(out: OviOutput, path: Path, seconds: float | None) -> str:
     """One line per clip; `seconds=None` leaves the time taken for the caller to add."""
+    metrics = out.metrics
     line = (
         f"{path}: {out.width}x{out.height}, {out.num_frames} frames, {out.duration:.2f} s, "
-        f"seed {out.seed}"
+        f"seed {out.seed}, DiT forwards {metrics.get('dit_forwards', 0)} run, "
+        f"{metrics.get('dit_forwards_skipped', 0)} skipped"
     )
     return line if seconds is None else f"{line}, {seconds:.1f} s"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+Quantize = Literal["none", "int8", "fp8_row"]
 
 
 def option(
@@ -113,8 +114,47 @@ class RuntimeOptions:
         None, "CPU ranks (gloo) for one clip: 2 with --cfg-parallel, K with --sp K, 2K with both"
     )
     gpus: str | None = option(None, "CUDA devices for one clip, one rank each (e.g. 0,1,2,3; NCCL)")
+    # --- faster and smaller on purpose: approximate (README "Every knob": measured cost) ---
+    lora: tuple[str, ...] = option(
+        (),
+        "LoRA file FILE[:SCALE] merged into the DiT at load, on the tower its keys name "
+        "(repeatable; SCALE default 1)",
+    )
+    fast: bool = option(
+        False,
+        "few-step mode: FastWan LoRA on the video tower, 6 steps (10 for 10 s), guidance 1 "
+        "(no negative pass), shift 6",
+    )
+    cache_threshold: float = option(
+        0.0,
+        "step caching: reuse the towers' residual while their estimated change stays below T "
+        "(0 = off)",
+    )
+    quantize: Quantize = option(
+        "none",
+        "8-bit DiT block linears: int8 (weight-only, per-channel) or fp8_row (float8, "
+        "row-wise scales; emulated off CUDA)",
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, str):
+            object.__setattr__(self, "lora", (self.lora,))
+        object.__setattr__(self, "lora", tuple(self.lora))
+        if not self.cache_threshold >= 0:
+            raise ValueError(f"cache_threshold must be >= 0, got {self.cache_threshold!r}")
+        if self.quantize not in typing.get_args(Quantize):
+            raise ValueError(
+                f"quantize must be one of {', '.join(typing.get_args(Quantize))},"
+                f" got {self.quantize!r}"
+            )
+        if self.fast and self.cfg_parallel:
+            raise ValueError(
+                "--fast runs no negative pass, so --cfg-parallel has nothing to split; use --sp"
+            )
+        if self.quantize != "none" and (self.block_offload or self.fp8_compute):
+            raise ValueError(
+                "quantize is not combined with block_offload or fp8_compute; choose one"
+            )
         if self.fp8_compute and (self.device or "").startswith("cpu"):
             raise ValueError(
                 "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"

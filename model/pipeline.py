@@ -29,7 +29,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +50,13 @@ from .convert.mmaudio import (
 from .convert.umt5 import load_t5, random_t5_state
 from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
+from .lora import LoraSpec, apply_loras, parse_specs
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
 from .optimize.offload import visit_device
+from .optimize.quantize import quantize_blocks
+from .optimize.step_cache import ForwardCount, StepCache
 from .options import ModelSource, RuntimeOptions
 from .parallel import ParallelRuntime
 from .preprocess import (
@@ -62,7 +65,7 @@ from .preprocess import (
     preprocess_image,
     snap_hw_to_multiple_of_32,
 )
-from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, get_preset
+from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, fast_preset, get_preset
 from .sampling import MAX_SEED, SamplingParams
 from .schedulers import make_scheduler
 from .text import format_prompt
@@ -96,6 +99,8 @@ class OviOutput:
     sample_rate: int = AUDIO_SAMPLE_RATE
     prompt: str = ""  # the prompt as the model saw it (after per-variant formatting)
     timings: dict[str, float] = field(default_factory=dict)
+    # counters of the clip: DiT forwards run and skipped (`ForwardCount.as_metrics`)
+    metrics: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -119,6 +124,8 @@ def denoise(
     callback: Callable[[StepInfo], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     batch_cfg: bool = False,
+    cache_threshold: float | None = None,
+    forwards: ForwardCount | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling loop. Returns the final (video [B,48,F,h,w], audio [B,La,20]) latents.
 
@@ -128,6 +135,9 @@ def denoise(
     first_frame_latent: [B, 48, 1, h, w] for i2v (written into frame 0 before every pass and
     once after the loop), None for t2v.
     batch_cfg: run both passes as one batch (`FusionModel.forward_cfg`; equal to rounding).
+    Guidance 1 on both towers needs no negative pass: it is skipped (one DiT pass per step).
+    cache_threshold: step caching (`optimize.step_cache`; None = no cache, 0 = never skips);
+    forwards: counts the DiT passes run and skipped.
     """
     steps = params.steps
     video_scheduler = make_scheduler(params.solver, steps, params.shift)
@@ -138,17 +148,31 @@ def denoise(
     start = time.perf_counter()
     timesteps = video_scheduler.timesteps.to(video.device)  # once: no host->device copy per step
     sigmas = video_scheduler.sigmas.tolist() if callback is not None else []  # host floats
+    negative = not (params.video_guidance_scale == 1 and params.audio_guidance_scale == 1)
+    cache = None if cache_threshold is None else StepCache(cache_threshold, steps)
+    count = forwards if forwards is not None else ForwardCount()
     for i, t in enumerate(video_scheduler.timesteps):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"cancelled before step {i + 1}/{steps}")
         if is_i2v:
             video = torch.cat([first_frame_latent.to(video.dtype), video[:, :, 1:]], dim=2)
         t_model = timesteps[i].reshape(1).expand(batch)
-        if batch_cfg:
+        reused = cache is not None and cache.skip(i, video, audio)
+        if reused:
+            outputs = cache.reuse(video, audio)
+        elif not negative:
+            outputs = [
+                fusion(
+                    video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v,
+                    slg_layer=None,
+                )
+            ]  # fmt: skip
+        elif batch_cfg:
             pos_v, pos_a, neg_v, neg_a = fusion.forward_cfg(
                 video, audio, t_model, (text_pos, text_pos), (text_video_neg, text_audio_neg),
                 first_frame_is_clean=is_i2v, slg_layer=skip,
             )  # fmt: skip
+            outputs = [(pos_v, pos_a), (neg_v, neg_a)]
         else:
             pos_v, pos_a = fusion(
                 video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v,
@@ -158,8 +182,19 @@ def denoise(
                 video, audio, t_model, text_video_neg, text_audio_neg, first_frame_is_clean=is_i2v,
                 slg_layer=skip,
             )  # fmt: skip
-        guided_v = neg_v + params.video_guidance_scale * (pos_v - neg_v)
-        guided_a = neg_a + params.audio_guidance_scale * (pos_a - neg_a)
+            outputs = [(pos_v, pos_a), (neg_v, neg_a)]
+        if reused:
+            count.skipped += len(outputs)
+        else:
+            count.run += len(outputs)
+            if cache is not None:
+                cache.store(video, audio, outputs)
+        if negative:
+            (pos_v, pos_a), (neg_v, neg_a) = outputs
+            guided_v = neg_v + params.video_guidance_scale * (pos_v - neg_v)
+            guided_a = neg_a + params.audio_guidance_scale * (pos_a - neg_a)
+        else:  # guidance 1: neg + 1 * (pos - neg) is the positive pass
+            guided_v, guided_a = outputs[0]
         denoised = video - sigmas[i] * guided_v if callback is not None else None  # flow: x0
         video = video_scheduler.step(guided_v, t, video)
         audio = audio_scheduler.step(guided_a, t, audio)
@@ -224,12 +259,14 @@ class OviPipeline:
         *,
         runtime: RuntimeOptions | None = None,
         transforms: FastPath | None = None,
+        loras: Sequence[LoraSpec] = (),
         **options: Any,
     ) -> None:
         """runtime (or its fields as keywords): device, dtype and memory modes
         (`model/options.py`). The fast path is resolved once here from them
         (`optimize.fast_path.resolve_fast_path`); `transforms` replaces that resolution with an
-        explicit plan (benchmarks, tests)."""
+        explicit plan (benchmarks, tests). `loras` are merged before it, after `runtime.lora`
+        (`from_pretrained` adds the few-step mode's FastWan LoRA here)."""
         runtime, self.device, config = _plan(runtime, transforms, options)
         self.runtime = runtime
         self.preset = preset
@@ -253,7 +290,16 @@ class OviPipeline:
         for module in components:
             offloaded = any(module is m for m in self._offloaded)
             module.to(torch.device("cpu") if offloaded else self.device).eval()
+        # speed and size on purpose (approximate): LoRAs merged, few-step defaults, 8-bit
+        specs = [*parse_specs(runtime.lora), *loras]
+        self.loras = apply_loras(fusion, specs)  # every file read and checked before any merge
+        for spec, lora in zip(specs, self.loras, strict=True):
+            logger.info("LoRA %s merged at %g into %s", spec.path, spec.scale, lora.towers)
+        if runtime.fast:
+            self.preset = fast_preset(preset)
         self.fast_path = optimize_pipeline(self, config)
+        if runtime.quantize != "none":
+            quantize_blocks(fusion, runtime.quantize)
         # one clip on several ranks (model/parallel): None in a single process
         self.parallel = ParallelRuntime.from_options(runtime)
 
@@ -280,7 +326,7 @@ class OviPipeline:
         if preset.random_weights:
             raise ValueError(f"preset {variant!r} has random weights: use OviPipeline.from_preset")
         runtime, device, config = _plan(runtime, transforms, options)
-        files = resolve_files(weights_dir, variant, fp8=runtime.fp8)
+        files = resolve_files(weights_dir, variant, fp8=runtime.fp8, fast=runtime.fast)
         logger.info("loading %s from %s", variant, weights_dir)
         parts = cls._load_components(
             preset,
@@ -291,7 +337,8 @@ class OviPipeline:
             source=lambda role: str(files[role]),
             tokenizer_dir=files["tokenizer"],
         )
-        return cls(preset, *parts, runtime=runtime, transforms=config)
+        loras = [LoraSpec(str(files["fast_lora"]))] if runtime.fast else []
+        return cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
 
     @classmethod
     def from_preset(
@@ -495,6 +542,7 @@ class OviPipeline:
         timings["image_encode"] = time.perf_counter() - clock
         # 4. denoise
         clock = time.perf_counter()
+        forwards = ForwardCount()
         with self._on_device(self.fusion), self.fusion.clip():  # clip cache: RoPE, text K/V
             video, audio = denoise(
                 self.fusion if self.parallel is None else self.parallel.wrap(self.fusion),
@@ -502,15 +550,20 @@ class OviPipeline:
                 first_frame_latent=first_frame, callback=callback, should_cancel=should_cancel,
                 batch_cfg=self.parallel is not None
                 or (self.fast_path is not None and self.fast_path.batch_cfg),
+                cache_threshold=self.runtime.cache_threshold or None, forwards=forwards,
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
+        if forwards.skipped:
+            logger.info(
+                "step cache: %d DiT forwards run, %d skipped", forwards.run, forwards.skipped
+            )
         # 5. decode
         clock = time.perf_counter()
         frames, waveform = self.decode(video, audio, timings)
         timings["decode"] = time.perf_counter() - clock
         return OviOutput(
             video=frames, audio=waveform, seed=seed, height=height, width=width,
-            prompt=prompt, timings=timings,
+            prompt=prompt, timings=timings, metrics=forwards.as_metrics(),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------

@@ -250,6 +250,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         if job.app == I2V_APP:
             image = load_image(input_image(job, ctx.storage))
         params = sampling_params(job.app, job.input, pipe.preset.sampling)
+        if pipe.runtime.fast:  # few-step mode: its LoRA is distilled for the preset's steps
+            params = params.replace(steps=pipe.preset.sampling.steps)
         if ctx.preview is not None:
             preview_at.update(preview_steps(params.steps, ctx.previews))
         note(f"Generating ({params.steps} steps)")
@@ -299,11 +301,8 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
                     seconds,
                     extra={"request_id": job.id, "phase": phase, "duration_s": seconds},
                 )
-        finish(
-            Outcome(result=result, metrics={"inference_time": round(inference_time, 3)}),
-            "ok",
-            timings,
-        )
+        metrics = {"inference_time": round(inference_time, 3), **out.metrics}
+        finish(Outcome(result=result, metrics=metrics), "ok", timings)
     except StoreUnavailableError:
         raise  # not the job's failure: the worker stops, and the job is recovered
     except GenerationCancelled:

@@ -191,6 +191,7 @@ def test_fit_preview_needs_a_vae() -> None:
 
 class FakePipeline:
     preset = get_preset("tiny")
+    runtime = RuntimeOptions()
 
     def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
         from model.pipeline import OviOutput, StepInfo
