@@ -95,3 +95,34 @@ def test_routes_validate_and_map_to_the_queue(tmp_path) -> None:
             headers=BEARER,
         )
         assert r.status_code == 422, r.text
+
+
+def test_videos_answer_only_to_the_owners_key(tmp_path) -> None:
+    """Keys are tenants: another key gets the 404 of an unknown id on get, content and delete,
+    an empty list, and its delete removes nothing; an admin key sees every video."""
+    a, b, admin = "key-a", "bob:key-b", "ops:key-admin"
+    bearer = {name: {"Authorization": f"Bearer {k}"} for name, k in [("a", a), ("b", b)]}
+    bearer["admin"] = {"Authorization": f"Bearer {admin}"}
+    settings = make_settings(tmp_path / "data", api_keys=[a, b], admin_api_keys=[admin])
+    with running_app(settings) as (client, app):
+        mine = client.post("/v1/videos", json={"prompt": "x"}, headers=bearer["a"]).json()["id"]
+        theirs = client.post("/v1/videos", json={"prompt": "y"}, headers=bearer["b"]).json()["id"]
+        unknown = "00000000-0000-0000-0000-000000000000"
+        for method, suffix in [("GET", ""), ("GET", "/content"), ("DELETE", "")]:
+            other = client.request(method, f"/v1/videos/{mine}{suffix}", headers=bearer["b"])
+            nobody = client.request(method, f"/v1/videos/{unknown}{suffix}", headers=bearer["b"])
+            assert other.status_code == nobody.status_code == 404, (method, suffix)
+            assert other.json() == nobody.json()
+        listed = client.get("/v1/videos", headers=bearer["b"]).json()
+        assert [v["id"] for v in listed["data"]] == [theirs]
+        assert client.get(f"/v1/videos?after={mine}", headers=bearer["b"]).status_code == 404
+        assert client.get(f"/v1/videos/{mine}", headers=bearer["a"]).json()["prompt"] == "x"
+        assert app.state.store.get(mine).error is None  # B's delete neither cancelled nor deleted
+        everyone = client.get("/v1/videos", headers=bearer["admin"]).json()["data"]
+        assert {v["id"] for v in everyone} == {mine, theirs}
+        assert client.get("/v1/videos", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Key {b}"}).status_code == 200
+        r = client.delete(f"/v1/videos/{mine}", headers=bearer["a"])
+        assert r.status_code == 200 and r.json()["deleted"] is True
+        assert client.get(f"/v1/videos/{mine}", headers=bearer["a"]).status_code == 404
