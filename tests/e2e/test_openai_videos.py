@@ -103,18 +103,24 @@ def test_list_pages_and_errors(client: openai.OpenAI, ovi_server) -> None:
     with pytest.raises(openai.NotFoundError):
         client.videos.retrieve("no-such-video")
 
-    long = client.videos.create(prompt="A long one.", extra_body={"num_inference_steps": 50})
+    # two videos of this key (the earlier tests delete theirs), so a page of one has more
+    long, other = (
+        client.videos.create(prompt=p, extra_body={"num_inference_steps": 50})
+        for p in ("A long one.", "Another one.")
+    )
     with pytest.raises(openai.BadRequestError):  # not finished: no content yet
         download(client, long.id)
     # the same queue as fal's routes: cancel it there, it reads back as failed here
     with ovi_server.http() as http:
-        r = http.put(
-            f"/queue/fal-ai/ovi/requests/{long.id}/cancel",
-            headers={"Authorization": f"Key {API_KEY}"},
-        )
-        assert r.status_code == 202
-    video, _ = wait(client, long.id)
-    assert video.status == "failed" and video.error.code == "client_cancelled"
+        for video in (long, other):
+            r = http.put(
+                f"/queue/fal-ai/ovi/requests/{video.id}/cancel",
+                headers={"Authorization": f"Key {API_KEY}"},
+            )
+            assert r.status_code == 202
+    for video in (long, other):
+        video, _ = wait(client, video.id)
+        assert video.status == "failed" and video.error.code == "client_cancelled"
 
     first = client.videos.list(limit=1)
     assert len(first.data) == 1 and first.has_more
