@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metrics-port",
         type=int,
         help="also serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics"
-        " (one foreground worker; with --gpus the workers report through the job store)",
+        " (with --gpus: every supervised worker's, each under a `worker` label)",
     )
     worker.set_defaults(func=run)
 
@@ -69,12 +69,19 @@ def run_supervised(settings) -> int:  # noqa: ANN001 - ServerSettings, imported 
     from server.jobs import open_store
     from server.supervisor import WorkerSupervisor
 
-    if settings.metrics_port is not None:
-        log.warning("--metrics-port is ignored with --gpus: the workers report through the store")
     groups = settings.runtime.gpu_groups()
     settings = settings.model_copy(update={"workers": len(groups)})
     store = open_store(settings.job_store_url, retry_s=30.0)
     supervisor = WorkerSupervisor(settings, store)
+    if settings.metrics_port is not None:  # the workers' heartbeat snapshots, one label each
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from server.metrics import WorkersCollector
+
+        registry = CollectorRegistry()
+        registry.register(WorkersCollector(store, supervisor.alive))
+        start_http_server(settings.metrics_port, registry=registry)
+        log.info("supervisor: its workers' metrics on port %d", settings.metrics_port)
     stop = threading.Event()
     _on_sigterm(stop)
     supervisor.start()

@@ -9,7 +9,8 @@ Three sources, one exposition:
 - **Workers** (`WorkerMetrics`): per-phase durations, denoising step time, DiT steps/s, queue
   wait, jobs by outcome, GPU memory. A worker sends a snapshot of its registry with every
   heartbeat (`WorkerInfo.metrics`), so the API's `/metrics` shows each worker under a `worker`
-  label wherever it runs; `ovi worker --metrics-port P` also serves it directly.
+  label wherever it runs; `ovi worker --metrics-port P` also serves it directly (with `--gpus`,
+  the supervisor serves its workers' heartbeat snapshots there: `WorkersCollector`).
 
 Names follow Prometheus conventions (`ovi_` prefix, `_seconds`, `_bytes`, `_total` on
 counters); `tests/server/test_metrics.py` parses the exposition with the client library's parser.
@@ -146,9 +147,14 @@ class WorkerMetrics:
             self.steps_per_second.set(steps / denoise)
 
     def update_gpu_memory(self) -> None:
-        """Read the CUDA allocator's counters, if this process already uses CUDA."""
+        """Read the CUDA allocator's counters, if this process already uses CUDA. A heartbeat
+        while the main thread is still importing torch (a worker loading) sees a partial module
+        in `sys.modules`: nothing to read yet."""
         torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+            return
+        cuda = getattr(torch, "cuda", None)
+        if cuda is None or not cuda.is_available() or not cuda.is_initialized():
             return
         self.gpu_memory_bytes.labels("allocated").set(torch.cuda.memory_allocated())
         self.gpu_memory_bytes.labels("reserved").set(torch.cuda.memory_reserved())
@@ -223,6 +229,26 @@ class StoreCollector(Collector):
         sources = [({"worker": "api"}, self.own())]
         sources += [({"worker": w.id}, w.metrics) for w in workers if w.metrics]
         yield from merge_snapshots(sources)
+
+
+class WorkersCollector(Collector):
+    """The heartbeat snapshots of the workers `ids()` names, each under a `worker` label: what
+    `ovi worker --gpus ... --metrics-port P` serves for the workers it supervises."""
+
+    def __init__(self, store: JobStore, ids: Callable[[], Iterable[str]]) -> None:
+        self.store = store
+        self.ids = ids
+
+    def collect(self) -> Iterator[Metric]:
+        wanted = set(self.ids())
+        try:
+            workers = self.store.workers()
+        except Exception:  # a store outage: nothing to relay this scrape
+            log.exception("metrics: the job store did not answer")
+            return
+        yield from merge_snapshots(
+            [({"worker": w.id}, w.metrics) for w in workers if w.id in wanted and w.metrics]
+        )
 
 
 class ApiMetrics:

@@ -238,3 +238,56 @@ def test_grafana_dashboard_queries_only_exported_metrics(tmp_path) -> None:
         for name in re.findall(r"\bovi_[a-z_]+", target["expr"])
     }
     assert queried and queried <= exported, queried - exported
+
+
+def test_workers_collector_relays_only_its_workers_snapshots(tmp_path) -> None:
+    """What `ovi worker --gpus ... --metrics-port P` serves: the heartbeat snapshots of the
+    workers it supervises (others on the same store left out), each under a `worker` label,
+    parsed back by the client library's parser."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from server.jobs.sqlite import SqliteJobStore
+    from server.metrics import WorkersCollector
+
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    for worker_id, outcome in [("gpu0", "ok"), ("gpu1", "error"), ("elsewhere", "ok")]:
+        metrics = WorkerMetrics()
+        metrics.observe_job(outcome, 1.0, {"denoise": 0.5, "steps": 2.0})
+        store.heartbeat(
+            WorkerInfo(id=worker_id, state="ready", heartbeat_at=time.time(),
+                       metrics=metrics.snapshot())
+        )  # fmt: skip
+    mine = ["gpu0", "gpu1"]
+    registry = CollectorRegistry()
+    registry.register(WorkersCollector(store, lambda: mine))
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    jobs = {(s.labels["worker"], s.labels["outcome"]): s.value
+            for s in families["ovi_worker_jobs"].samples if s.name.endswith("_total")}  # fmt: skip
+    assert jobs == {("gpu0", "ok"): 1.0, ("gpu1", "error"): 1.0}
+    assert {s.labels["worker"] for s in families["ovi_dit_steps_per_second"].samples} == set(mine)
+    mine.pop()  # a worker that died is no longer relayed
+    text = generate_latest(registry).decode()
+    assert 'worker="gpu0"' in text and 'worker="gpu1"' not in text
+    store.close()
+
+
+def test_gpu_memory_skips_a_torch_still_being_imported(monkeypatch) -> None:
+    """A heartbeat during the worker's model load sees a partially imported torch in
+    sys.modules (no `torch.cuda` yet): the snapshot goes out without GPU memory, no error."""
+    import importlib.machinery
+    import sys
+    import types
+
+    partial = types.ModuleType("torch")
+    partial.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    partial.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "torch", partial)
+    metrics = WorkerMetrics()
+    metrics.update_gpu_memory()  # no AttributeError
+    del partial.__spec__._initializing  # imported, but no `cuda` submodule: still nothing
+    names = {fam["name"] for fam in metrics.snapshot()}
+    assert "ovi_gpu_memory_bytes" in names
+    gpu = [f for f in metrics.snapshot() if f["name"] == "ovi_gpu_memory_bytes"][0]
+    assert gpu["samples"] == []
