@@ -48,7 +48,7 @@ from server.metrics import StepTimer, WorkerMetrics
 from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
 from server.settings import ServerSettings
-from server.storage import Storage, new_file_id, open_storage, owned_file_id, read_all
+from server.storage import Storage, open_storage, owned_file_id, read_all
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         return ctx.stopping()
 
     preview_at: set[int] = set()  # set once the step count is known
-    preview_id = new_file_id()
+    preview_id = owned_file_id(job.user_id)  # /files may require the owner's key
 
     def on_step(info: Any) -> None:
         steps(info.elapsed)

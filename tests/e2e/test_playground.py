@@ -1,7 +1,8 @@
 """The playground page in a real headless Chromium (Debian's, driven by Playwright) against real
 `ovi serve` processes over TLS: text-to-video on the `tiny` preset (121 frames: a 5.04 s clip)
-and image-to-video on the shared `tiny_1s` server, each with progress, a preview and a clip
-that plays with sound, and a 422 shown as the API's message.
+with files served only to the owner's key (`files_require_key`: the page fetches them with the
+key), and image-to-video on the shared `tiny_1s` server (plain file URLs), each with progress,
+a preview and a clip that plays with sound, and a 422 shown as the API's message.
 
 Screenshots land in `tests/artifacts/` (git-ignored), one per scenario.
 """
@@ -29,9 +30,12 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The `tiny` preset: the full 121-frame length, so the clip lasts more than 5 s."""
+    """The `tiny` preset: the full 121-frame length, so the clip lasts more than 5 s; its files
+    are served only with the owner's key."""
     base = tmp_path_factory.mktemp("ovi-playground")
-    server = start_server(base / "data", base / "tls", preset="tiny")
+    server = start_server(
+        base / "data", base / "tls", preset="tiny", extra_env={"OVI_FILES_REQUIRE_KEY": "true"}
+    )
     try:
         yield server
     finally:
@@ -89,8 +93,12 @@ def set_steps(page, steps: int) -> None:
     page.fill("#field-num_inference_steps", str(steps))
 
 
-def generate_and_check(page, server: Server, steps: int, min_duration: float) -> dict:
-    """Click Generate; wait for the clip; check progress, preview and playback with sound."""
+def generate_and_check(
+    page, server: Server, steps: int, min_duration: float, keyed: bool = False
+) -> dict:
+    """Click Generate; wait for the clip; check progress, preview and playback with sound.
+    `keyed`: the server serves files only with the key, so the page shows them from blob: URLs
+    it fetched with the key; else the elements load the file URLs themselves."""
     page.click("#submit")
     page.wait_for_selector("#video-figure:not([hidden])", timeout=GENERATION_MS)
     assert page.text_content("#phase") == "Done."
@@ -99,7 +107,10 @@ def generate_and_check(page, server: Server, steps: int, min_duration: float) ->
     # the preview of the last step, fetched and decoded by the browser
     page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
     assert f"after step {steps} of {steps}" in page.get_attribute("#preview", "alt")
-    assert page.get_attribute("#preview", "src").startswith(server.url + "/files/outputs/")
+    preview_url = page.get_attribute("#preview", "data-url")
+    assert preview_url.startswith(server.url + "/files/outputs/")
+    preview_src = page.get_attribute("#preview", "src")
+    assert preview_src.startswith("blob:") if keyed else preview_src == preview_url
     # the clip: loads, lasts as long as the preset says, plays, and its audio track is decoded
     page.wait_for_function("document.getElementById('video').readyState >= 1")
     duration = page.eval_on_selector("#video", "v => v.duration")
@@ -116,6 +127,9 @@ def generate_and_check(page, server: Server, steps: int, min_duration: float) ->
     )
     assert not video["paused"] and not video["muted"] and video["width"] > 0
     assert video["audio"] > 0 and video["frames"] > 0
+    video["url"] = page.get_attribute("#video", "data-url")
+    assert video["url"].startswith(server.url + "/files/outputs/")
+    assert video["src"].startswith("blob:") if keyed else video["src"] == video["url"]
     return video
 
 
@@ -128,8 +142,11 @@ def test_text_to_video_progress_preview_and_playback(open_page, tiny_server: Ser
     assert prompt == "A cat on a table <S>Hello there!<E> Audio: describe the voices and sounds"
     set_steps(page, 2)
     page.select_option("#field-resolution", "720x720")
-    video = generate_and_check(page, tiny_server, steps=2, min_duration=5)  # 121 frames: 5.04 s
-    assert video["src"].startswith(tiny_server.url + "/files/outputs/")
+    video = generate_and_check(page, tiny_server, steps=2, min_duration=5, keyed=True)  # 5.04 s
+    with tiny_server.http() as client:  # the file itself is refused without the key
+        path = video["url"].removeprefix(tiny_server.url)
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"Authorization": f"Key {API_KEY}"}).status_code == 200
     item = page.text_content("#history li")
     assert "A cat on a table" in item and "text to video · done" in item
     screenshot(page, "t2v")

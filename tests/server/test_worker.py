@@ -20,7 +20,7 @@ from server.jobs import JobStatus, NewJob, SqliteJobStore, open_store
 from server.jobs.base import CANCELLED
 from server.schemas import I2V_APP, T2V_APP, OviImageToVideoInput, OviInput
 from server.settings import ServerSettings
-from server.storage import LocalStorage, Storage, key_from_path
+from server.storage import LocalStorage, Storage, file_owner_tag, key_from_path, owner_tag
 from server.worker import (
     JobContext,
     classify_failure,
@@ -226,11 +226,19 @@ def test_run_job_links_previews_from_its_logs(store: SqliteJobStore, ctx: JobCon
     from model.preview import LatentPreview
 
     ctx.previews, ctx.preview = 2, LatentPreview(torch.randn(48, 3), torch.zeros(3))
-    new = NewJob(app=T2V_APP, input=t2v(num_inference_steps=4), base_url="https://ovi.test")
+    new = NewJob(
+        app=T2V_APP,
+        input=t2v(num_inference_steps=4),
+        base_url="https://ovi.test",
+        user_id="alice",
+    )
     job = store.submit(new)
     run_job(PreviewingPipeline(), store.claim("w"), ctx)
     assert store.get(job.id).error is None
     lines = [e.message for e in store.logs(job.id) if e.message.startswith("Preview")]
+    # the previews' id names their owner, as the clip's does (files_require_key serves them)
+    file_ids = {line.split("/files/outputs/")[1].split("/")[0] for line in lines}
+    assert {file_owner_tag(i) for i in file_ids} == {owner_tag("alice")}
     assert [line.split(":")[0] for line in lines] == ["Preview 2/4", "Preview 4/4"]
     for step, line in zip((2, 4), lines, strict=True):
         url = line.split(": ", 1)[1]

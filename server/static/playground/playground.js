@@ -45,6 +45,33 @@ function authHeaders() {
 
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
+// Show a /files URL in an <img> or <video>. Usually the URL itself (an unguessable capability);
+// when the server serves files only with the owner's key (`files_require_key`), the element's
+// own request is refused, so the file is fetched with the key and shown from a blob: URL.
+const blobUrls = new Map(); // element id -> its current blob: URL
+function showMedia(element, url) {
+  const old = blobUrls.get(element.id);
+  if (old) { URL.revokeObjectURL(old); blobUrls.delete(element.id); }
+  element.onerror = async () => {
+    element.onerror = null;
+    const t = timeoutSignal(FETCH_TIMEOUT_MS);
+    try {
+      const response = await fetch(url, { headers: authHeaders(), signal: t.signal });
+      if (!response.ok) return;
+      const blob = URL.createObjectURL(await response.blob());
+      if (element.dataset.url !== url) { URL.revokeObjectURL(blob); return; } // replaced since
+      blobUrls.set(element.id, blob);
+      element.src = blob;
+    } catch {
+      // the element keeps its error state; nothing else to show
+    } finally {
+      t.done();
+    }
+  };
+  element.dataset.url = url;
+  element.src = url;
+}
+
 function resolveRef(schema, doc) {
   while (schema && schema.$ref) schema = doc.components.schemas[schema.$ref.split("/").pop()];
   return schema || {};
@@ -376,7 +403,7 @@ function onLog(job, message) {
   }
   match = PREVIEW_RE.exec(message);
   if (match) {
-    $("preview").src = match[3];
+    showMedia($("preview"), match[3]);
     $("preview").alt = `Preview of the current estimate after step ${match[1]} of ${match[2]}`;
     $("preview-caption").textContent = `Preview after step ${match[1]}/${match[2]} (latent sketch)`;
     $("preview-figure").hidden = false;
@@ -460,7 +487,7 @@ async function finish(job) {
 
 function showVideo(url, caption) {
   const video = $("video");
-  video.src = url;
+  showMedia(video, url);
   $("video-caption").textContent = caption;
   $("video-figure").hidden = false;
 }
