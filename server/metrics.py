@@ -148,7 +148,10 @@ class WorkerMetrics:
     def update_gpu_memory(self) -> None:
         """Read the CUDA allocator's counters, if this process already uses CUDA."""
         torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        # `torch.cuda` is missing while another thread is still importing torch (model load)
+        if getattr(torch, "cuda", None) is None:
+            return
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return
         self.gpu_memory_bytes.labels("allocated").set(torch.cuda.memory_allocated())
         self.gpu_memory_bytes.labels("reserved").set(torch.cuda.memory_reserved())

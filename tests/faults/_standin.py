@@ -5,8 +5,8 @@ long loading and each denoising step take without minutes of CPU inference.
 Everything else is real: `ovi serve`'s start-up (`server.lifecycle`, or uvicorn for older
 versions), uvicorn, the supervisor, spawned worker processes with their signal handling, the
 SQLite job store, the file storage and ffmpeg muxing. `python _standin.py serve ARGS...` runs a
-server; env `STANDIN_LOAD_S` (load time), `STANDIN_STEP_S` (per step), `STANDIN_LOAD_FAIL`
-(a load error message) tune the stand-in.
+server, `python _standin.py worker ARGS...` an `ovi worker`; env `STANDIN_LOAD_S` (load time),
+`STANDIN_STEP_S` (per step), `STANDIN_LOAD_FAIL` (a load error message) tune the stand-in.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ class StandInPipeline:
     an `OviOutput`-shaped result."""
 
     def __init__(self, step_s: float) -> None:
+        from model.options import RuntimeOptions
         from model.sampling import SamplingParams
 
         self.preset = _Preset(SamplingParams(steps=4, height=32, width=32))
+        self.runtime = RuntimeOptions()  # the worker reads runtime.fast
         self.step_s = step_s
 
     def __call__(self, prompt: str, image: Any, *, params: Any, callback: Any, should_cancel: Any):
@@ -112,7 +114,18 @@ def serve(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def worker(argv: list[str]) -> None:
+    """`ovi worker ARGV` (the real CLI entry point and its signal handling) with the stand-in."""
+    import server.worker
+    from cli.main import main
+
+    server.worker.load_pipeline = load_standin
+    sys.exit(main(["worker", *argv]))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     if sys.argv[1] == "serve":
         serve(sys.argv[2:])
+    elif sys.argv[1] == "worker":
+        worker(sys.argv[2:])
