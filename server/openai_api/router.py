@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from server.deps import BaseUrlDep, BearerCallerDep, SubmitOptionsDep, require_bearer_caller
 from server.openai_api.protocol import Video, VideoCreate, VideoDeleted, VideoList
 from server.openai_api.serving import VideoService
+from server.routes.queue import STORE_UNAVAILABLE, SUBMIT_RESPONSES
 from server.schemas import RequestError, ValidationErrorBody
 from server.serving import Submission
 
@@ -33,7 +34,8 @@ router = APIRouter(
     dependencies=[Depends(require_bearer_caller)],
     responses={
         401: {"model": RequestError, "description": "Missing or invalid API key."},
-        404: {"model": RequestError, "description": "Unknown video id."},
+        404: {"model": RequestError, "description": "Unknown video id (or another key's)."},
+        **STORE_UNAVAILABLE,
     },
 )
 
@@ -77,7 +79,10 @@ async def _parse_create(request: Request) -> tuple[VideoCreate, tuple[bytes, str
 @router.post(
     "",
     response_model=Video,
-    responses={422: {"model": ValidationErrorBody, "description": "Invalid input."}},
+    responses={
+        **SUBMIT_RESPONSES,
+        422: {"model": ValidationErrorBody, "description": "Invalid input."},
+    },
     summary="Create a video job",
     openapi_extra={
         "requestBody": {

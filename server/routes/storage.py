@@ -193,6 +193,7 @@ _STORAGE_TYPE = Query(
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key."},
+    408: {"description": "The body stalled (`body_read_timeout_s`)."},
     413: {"description": "File larger than `upload_max_bytes`."},
 }
 

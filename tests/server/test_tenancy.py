@@ -196,12 +196,19 @@ def test_every_error_answer_has_an_error_type_and_a_request_id(tmp_path: Path) -
 def test_openapi_documents_every_answer(tmp_path: Path) -> None:
     with _tenants(tmp_path) as (client, _):
         paths = client.get("/openapi.json").json()["paths"]
-    submit = paths["/queue/fal-ai/ovi"]["post"]["responses"]
-    assert {"200", "400", "401", "408", "413", "422", "429", "500"} <= set(submit)
+    every_submit = {"200", "400", "401", "408", "413", "422", "429", "500", "503", "507"}
+    for path in ("/queue/fal-ai/ovi", "/fal-ai/ovi", "/v1/videos"):
+        assert every_submit <= set(paths[path]["post"]["responses"]), path
     for suffix in ("/status", "", "/cancel"):
         path = "/queue/fal-ai/ovi/requests/{request_id}" + suffix
         for op in paths[path].values():
-            assert {"401", "404", "500"} <= set(op["responses"]), path
+            assert {"401", "404", "500", "503"} <= set(op["responses"]), path
+    for path in ("/v1/videos/{video_id}", "/v1/videos/{video_id}/content"):
+        for op in paths[path].values():
+            assert {"401", "404", "500", "503"} <= set(op["responses"]), path
+    for path in ("/workers", "/metrics"):
+        assert "401" in paths[path]["get"]["responses"], path
+    assert "408" in paths["/storage/upload/put/{file_id}"]["put"]["responses"]
     for path, ops in paths.items():
         for op in ops.values():
             assert "500" in op["responses"], path
