@@ -13,9 +13,14 @@ if TYPE_CHECKING:
 def check_request(preset: Preset, prompt: str, params: SamplingParams) -> None:
     """What `OviPipeline.check_inputs` checks, without a pipeline: callers (the CLI) refuse a
     bad prompt or parameter before any model is built. ValueError naming the first bad value."""
+    check_prompt(prompt)
+    params.check(preset.config.fusion.video.num_layers)
+
+
+def check_prompt(prompt: object) -> None:
+    """ValueError unless `prompt` has text: the CLI, the pipeline and the API (a 422) share it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string (the text that describes the clip)")
-    params.check(preset.config.fusion.video.num_layers)
 
 
 def check_device(device: str | None) -> None:

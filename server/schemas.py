@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from model.checks import check_prompt
 from model.sampling import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
 
 T2V_APP = "fal-ai/ovi"
@@ -65,8 +66,7 @@ class _InputChecks(BaseModel):
     @field_validator("prompt", check_fields=False)
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
+        check_prompt(value)  # the CLI's and the pipeline's rule
         return value
 
     @field_validator("seed", check_fields=False)

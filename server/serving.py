@@ -212,9 +212,11 @@ class Serving:
             raise JobNotFoundError(request_id)
         return job
 
-    async def get(self, request_id: str, owner: str | None = None) -> Job:
-        """The job (without its input) as `owner` may see it."""
-        return await self._call(self._visible, request_id, owner)
+    async def get(
+        self, request_id: str, owner: str | None = None, *, with_input: bool = False
+    ) -> Job:
+        """The job (its input only if asked) as `owner` may see it."""
+        return await self._call(lambda: self._visible(request_id, owner, with_input=with_input))
 
     # --- submit ---
 

@@ -228,7 +228,10 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     # --- bounded request costs ---
     body_read_timeout_s: float = Field(
-        30.0, gt=0, description="Longest wait for the next piece of a request body (then 408)."
+        30.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body (then 408); past it, the"
+        " body must also keep up 16 KiB/s on average.",
     )
     image_max_pixels: int = Field(
         16_000_000,

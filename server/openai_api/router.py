@@ -1,38 +1,25 @@
 """`/v1/videos`: the OpenAI-style job API (thin: parse, call `VideoService`, shape the answer).
 
 `Authorization: Bearer <key>` (the `openai` SDK's) or fal's `Key <key>`, against the same keys.
+A key sees, lists, downloads and deletes only its own videos (another key's id is a 404, as an
+unknown one); an admin key sees all.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from server.deps import BaseUrlDep, SettingsDep, SubmitOptionsDep, check_api_key
+from server.deps import BaseUrlDep, BearerCallerDep, SubmitOptionsDep, require_bearer_caller
 from server.openai_api.protocol import Video, VideoCreate, VideoDeleted, VideoList
 from server.openai_api.serving import VideoService
+from server.routes.queue import STORE_UNAVAILABLE, SUBMIT_RESPONSES
 from server.schemas import RequestError, ValidationErrorBody
 from server.serving import Submission
-
-
-def require_bearer_key(
-    settings: SettingsDep,
-    authorization: Annotated[
-        str | None, Header(description='"Bearer <key>" (or fal\'s "Key <key>")')
-    ] = None,
-) -> str:
-    """The caller's user id; `Bearer <key>` is read as fal's `Key <key>`."""
-    scheme, _, rest = (authorization or "").strip().partition(" ")
-    if scheme.lower() == "bearer":
-        authorization = f"Key {rest.strip()}"
-    return check_api_key(authorization, settings.api_keys)
-
-
-BearerDep = Annotated[str, Depends(require_bearer_key)]
 
 
 def get_videos(request: Request) -> VideoService:
@@ -44,10 +31,11 @@ VideosDep = Annotated[VideoService, Depends(get_videos)]
 router = APIRouter(
     prefix="/v1/videos",
     tags=["openai"],
-    dependencies=[Depends(require_bearer_key)],
+    dependencies=[Depends(require_bearer_caller)],
     responses={
         401: {"model": RequestError, "description": "Missing or invalid API key."},
-        404: {"model": RequestError, "description": "Unknown video id."},
+        404: {"model": RequestError, "description": "Unknown video id (or another key's)."},
+        **STORE_UNAVAILABLE,
     },
 )
 
@@ -91,7 +79,10 @@ async def _parse_create(request: Request) -> tuple[VideoCreate, tuple[bytes, str
 @router.post(
     "",
     response_model=Video,
-    responses={422: {"model": ValidationErrorBody, "description": "Invalid input."}},
+    responses={
+        **SUBMIT_RESPONSES,
+        422: {"model": ValidationErrorBody, "description": "Invalid input."},
+    },
     summary="Create a video job",
     openapi_extra={
         "requestBody": {
@@ -105,31 +96,32 @@ async def _parse_create(request: Request) -> tuple[VideoCreate, tuple[bytes, str
 async def create_video(
     request: Request,
     videos: VideosDep,
-    user_id: BearerDep,
+    caller: BearerCallerDep,
     base: BaseUrlDep,
     options: SubmitOptionsDep,
 ) -> Video:
     """JSON or multipart (`input_reference` as a file: image-to-video). Answers at once with
     `status: "queued"`; poll `GET /v1/videos/{id}`."""
     body, image = await _parse_create(request)
-    submission = Submission(options=options, user_id=user_id, base_url=base)
+    submission = Submission(options=options, user_id=caller.user_id, base_url=base)
     return await videos.create(body, submission, image=image)
 
 
 @router.get("", response_model=VideoList, summary="List video jobs")
 async def list_videos(
     videos: VideosDep,
+    caller: BearerCallerDep,
     after: Annotated[str | None, Query(description="The last id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> VideoList:
-    return await videos.list(limit=limit, after=after, order=order)
+    return await videos.list(limit=limit, after=after, order=order, user_id=caller.owner)
 
 
 @router.get("/{video_id}", response_model=Video, summary="Retrieve a video job")
-async def retrieve_video(video_id: str, videos: VideosDep) -> Video:
+async def retrieve_video(video_id: str, videos: VideosDep, caller: BearerCallerDep) -> Video:
     """`status` queued/in_progress/completed/failed and `progress` 0-100."""
-    return await videos.retrieve(video_id)
+    return await videos.retrieve(video_id, caller.owner)
 
 
 @router.get(
@@ -144,9 +136,10 @@ async def retrieve_video(video_id: str, videos: VideosDep) -> Video:
 async def video_content(
     video_id: str,
     videos: VideosDep,
+    caller: BearerCallerDep,
     variant: Annotated[Literal["video"], Query(description="Only `video` is served.")] = "video",
 ) -> StreamingResponse:
-    name, chunks, size = await videos.content(video_id)
+    name, chunks, size = await videos.content(video_id, caller.owner)
     return StreamingResponse(
         chunks,
         media_type="video/mp4",
@@ -158,6 +151,6 @@ async def video_content(
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, summary="Delete a video job")
-async def delete_video(video_id: str, videos: VideosDep) -> VideoDeleted:
+async def delete_video(video_id: str, videos: VideosDep, caller: BearerCallerDep) -> VideoDeleted:
     """Cancels it if it is still queued or running, then deletes the job and its files."""
-    return await videos.delete(video_id)
+    return await videos.delete(video_id, caller.owner)

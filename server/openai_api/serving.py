@@ -120,20 +120,20 @@ class VideoService:
             else None,
         )
 
-    def _read(self, video_id: str) -> Video:
-        store = self.serving.store
-        job = store.get(video_id)
-        logs = (
-            [e.message for e in store.logs(job.id)] if job.status is JobStatus.IN_PROGRESS else []
-        )
+    async def retrieve(self, video_id: str, owner: str | None = None) -> Video:
+        """The job as `owner` (None: anyone) may see it; another key's id is not found."""
+        job = await self.serving.get(video_id, owner, with_input=True)
+        logs: list[str] = []
+        if job.status is JobStatus.IN_PROGRESS:
+            entries = await to_thread.run_sync(self.serving.store.logs, job.id)
+            logs = [e.message for e in entries]
         return self.to_video(job, logs)
-
-    async def retrieve(self, video_id: str) -> Video:
-        return await to_thread.run_sync(self._read, video_id)
 
     async def list(
         self, *, limit: int, after: str | None, order: str, user_id: str | None = None
     ) -> VideoList:
+        if after is not None and user_id is not None:  # another key's id is an unknown cursor
+            await self.serving.get(after, user_id)
         jobs: list[Job] = await to_thread.run_sync(
             lambda: self.serving.store.recent(
                 limit=limit + 1, after=after, newest_first=order != "asc", user_id=user_id
@@ -181,10 +181,12 @@ class VideoService:
         job = await self.serving.submit(app, body, submission)
         return self.to_video(job)
 
-    async def content(self, video_id: str) -> tuple[str, Iterator[bytes], int]:
+    async def content(
+        self, video_id: str, owner: str | None = None
+    ) -> tuple[str, Iterator[bytes], int]:
         """The finished clip as (file name, byte chunks, size); 400 before it completes, the
         job's own error if it failed."""
-        job = await self.serving.get(video_id)
+        job = await self.serving.get(video_id, owner)
         if not job.done:
             raise RequestInProgressError(request_id=job.id)
         if job.error is not None:
@@ -201,10 +203,11 @@ class VideoService:
             raise FileNotFoundHTTPError("The video file is no longer stored (expired)") from None
         return stored.file_name, storage.read(key), stored.file_size
 
-    async def delete(self, video_id: str) -> VideoDeleted:
-        """Cancel it if it has not finished, then forget it and delete its files."""
+    async def delete(self, video_id: str, owner: str | None = None) -> VideoDeleted:
+        """Cancel it if it has not finished, then forget it and delete its files (another
+        owner's: not found, nothing cancelled)."""
         try:
-            await self.serving.cancel(video_id)
+            await self.serving.cancel(video_id, owner)
         except JobAlreadyCompletedError:
             pass
         job = await to_thread.run_sync(self.serving.store.delete, video_id)
