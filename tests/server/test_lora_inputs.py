@@ -160,3 +160,15 @@ def test_worker_switches_the_requests_loras_and_fast_mode(tmp_path: Path) -> Non
         (([("style.safetensors", 0.7)], True), FAST_STEPS, 1.0, FAST_SHIFT),
     ]
     assert pipe.active is None  # switched off after the clip
+
+
+def test_openai_route_takes_the_same_extras(tmp_path: Path) -> None:
+    bearer = {"Authorization": AUTH["Authorization"].replace("Key", "Bearer")}
+    with running_app(make_settings(tmp_path / "data")) as (client, app):
+        missing = {"url": "https://h/files/uploads/AAAAAAAAAAAAAAAAAAAAAA/a.safetensors"}
+        r = client.post("/v1/videos", json={"prompt": "x", "lora": [missing]}, headers=bearer)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "lora", 0, "url"]
+        r = client.post("/v1/videos", json={"prompt": "x", "fast": True}, headers=bearer)
+        assert r.status_code == 200, r.text
+        stored = app.state.store.get(r.json()["id"])
+        assert stored.input["fast"] is True and stored.input["lora"] == []
