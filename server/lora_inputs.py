@@ -11,6 +11,7 @@ module imports no torch (the API process uses it).
 from __future__ import annotations
 
 import os
+import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ from server.storage.base import (
 )
 
 LORA_SUFFIX = ".safetensors"
+MAX_CACHED = 16  # stored LoRAs a worker keeps copied locally (`resolve_lora_files`)
 
 
 def lora_dir_file(name: str, lora_dir: Path | None) -> Path:
@@ -122,5 +124,24 @@ def resolve_lora_files(
                     f"the LoRA {entry['url']} is no longer stored (expired); upload it again"
                 ) from None
             partial.replace(local)
+        else:
+            # recently used (the access time; the modification time, which the pipeline's
+            # adapter cache compares, stays)
+            os.utime(local, ns=(time.time_ns(), local.stat().st_mtime_ns))
         files.append((str(local), scale))
+    _prune(cache_dir, keep={Path(f) for f, _ in files})
     return files
+
+
+def _prune(cache_dir: Path, keep: set[Path]) -> None:
+    """Keep the `MAX_CACHED` most recently used stored LoRAs (and those of this request)."""
+    if not cache_dir.is_dir():
+        return
+    cached = sorted(
+        (p for p in cache_dir.glob(f"*{LORA_SUFFIX}") if p.is_file()),
+        key=lambda p: p.stat().st_atime,
+        reverse=True,
+    )
+    for old in cached[MAX_CACHED:]:
+        if old not in keep:
+            old.unlink(missing_ok=True)

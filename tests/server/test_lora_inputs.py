@@ -89,6 +89,9 @@ def test_lora_urls_must_be_our_stored_files(tmp_path: Path) -> None:
     entry = {"url": f"https://ovi.lan/files/{stored.key}", "scale": 0.5}
     ((local, scale),) = resolve_lora_files([entry], None, storage, cache)
     assert Path(local).read_bytes() == b"abc" and scale == 0.5 and Path(local).parent == cache
+    mtime = Path(local).stat().st_mtime_ns
+    assert resolve_lora_files([entry], None, storage, cache) == [(local, 0.5)]
+    assert Path(local).stat().st_mtime_ns == mtime  # reused as is: the adapter stays attached
 
 
 def test_submit_refuses_an_unusable_lora_with_a_422_and_queues_a_good_one(tmp_path: Path) -> None:
