@@ -50,10 +50,25 @@ from .convert.mmaudio import (
 from .convert.umt5 import load_t5, random_t5_state
 from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
-from .lora import LoraSpec, apply_loras, parse_specs
+from .lora import (
+    LoraError,
+    LoraSpec,
+    apply_loras,
+    attach_loras,
+    detach_lora,
+    load_lora,
+    parse_specs,
+    set_lora_scales,
+)
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
-from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
+from .optimize.fast_path import (
+    FastPath,
+    optimize_pipeline,
+    projections_fused,
+    resolve_fast_path,
+    unfuse_projections,
+)
 from .optimize.offload import visit_device
 from .optimize.quantize import quantize_blocks
 from .optimize.step_cache import ForwardCount, StepCache
@@ -69,7 +84,7 @@ from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, fast
 from .sampling import MAX_SEED, SamplingParams
 from .schedulers import make_scheduler
 from .text import format_prompt
-from .weights import DEFAULT_WEIGHTS_DIR, inner_key, resolve_files
+from .weights import DEFAULT_WEIGHTS_DIR, fetch_command, inner_key, resolve_files, variant_files
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +101,9 @@ class StepInfo:
     # The current clean-video estimate x0 = x_t - sigma_t * v [B, 48, F, h, w] (for previews,
     # e.g. `model.preview.LatentPreview`); None where the caller gives no callback.
     denoised: torch.Tensor | None = None
+
+
+MAX_ADAPTERS = 8  # per-request LoRA files a pipeline keeps attached (`OviPipeline.adapters`)
 
 
 @dataclass
@@ -302,6 +320,12 @@ class OviPipeline:
             quantize_blocks(fusion, runtime.quantize)
         # one clip on several ranks (model/parallel): None in a single process
         self.parallel = ParallelRuntime.from_options(runtime)
+        # per-request LoRAs (`adapters`): file -> (mtime_ns, size) of the attached version
+        self._adapters: dict[str, tuple[int, int]] = {}
+        # the few-step mode's FastWan LoRA for requests that ask for it (`from_pretrained` sets
+        # it; random-weight presets have none: their fast mode is the sampling preset alone)
+        self.fast_lora: Path | None = None
+        self.fast_lora_hint = ""
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -338,7 +362,11 @@ class OviPipeline:
             tokenizer_dir=files["tokenizer"],
         )
         loras = [LoraSpec(str(files["fast_lora"]))] if runtime.fast else []
-        return cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
+        pipe = cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
+        if not runtime.fast:  # per-request fast mode: the file is attached on first use
+            pipe.fast_lora = Path(weights_dir) / variant_files(variant, fast=True)[-1].local
+            pipe.fast_lora_hint = fetch_command(variant, Path(weights_dir), runtime.fp8, fast=True)
+        return pipe
 
     @classmethod
     def from_preset(
@@ -568,6 +596,59 @@ class OviPipeline:
 
     # ----------------------------------------------------------------------------------------
     # memory
+
+    @contextlib.contextmanager
+    def adapters(self, specs: Sequence[LoraSpec], fast: bool = False) -> Iterator[None]:
+        """Per-request LoRAs, unmerged (`model.lora.attach_loras`), for the clips run inside:
+        each file is read and checked on first use and kept attached (up to `MAX_ADAPTERS`
+        files, the least recently used dropped; a changed file is read again), switched on at
+        its strength here and off after, so requests switch LoRAs without reloading.
+        `fast` adds the few-step mode's FastWan LoRA (`fast_lora`) at strength 1.
+        The adapters wrap the q/k/v linears, so fused projections are unfused on first use;
+        8-bit block linears and multi-rank clips cannot carry them (LoraError)."""
+        specs = list(specs)
+        if fast and self.fast_lora is not None:
+            if not self.fast_lora.is_file():
+                raise LoraError(
+                    f"the few-step mode's FastWan LoRA is missing ({self.fast_lora}): fetch it"
+                    f" with `{self.fast_lora_hint}`"
+                )
+            specs.append(LoraSpec(str(self.fast_lora)))
+        if not specs:
+            yield
+            return
+        if self.runtime.quantize != "none" or self.parallel is not None:
+            raise LoraError(
+                "per-request LoRAs need a single-process worker with unquantised DiT linears"
+                " (quantize none, no --sp/--cfg-parallel); merge them at load with --lora instead"
+            )
+        if projections_fused(self.fusion):
+            unfuse_projections(self.fusion)
+        scales: dict[str, float] = {}
+        for spec in specs:
+            path = Path(spec.path)
+            if not path.is_file():
+                raise LoraError(f"LoRA file not found: {path}")
+            stat = path.stat()
+            name, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
+            if self._adapters.get(name) != version:
+                lora = load_lora(path, self.fusion)  # every error before the model changes
+                detach_lora(self.fusion, name)
+                attach_loras(self.fusion, {name: lora})
+                logger.info("LoRA %s attached (unmerged) to %s", path, lora.towers)
+            self._adapters.pop(name, None)
+            self._adapters[name] = version  # most recently used last
+            scales[name] = scales.get(name, 0.0) + spec.scale
+        for name in [n for n in self._adapters if n not in scales][
+            : max(0, len(self._adapters) - MAX_ADAPTERS)
+        ]:
+            detach_lora(self.fusion, name)
+            del self._adapters[name]
+        set_lora_scales(self.fusion, scales)
+        try:
+            yield
+        finally:
+            set_lora_scales(self.fusion, {})
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[None]:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from model.checks import check_prompt
 from model.sampling import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
@@ -57,6 +64,7 @@ Seed = Annotated[
 
 
 MAX_SEED = 2**63 - 1
+MAX_REQUEST_LORAS = 4  # per-request LoRAs (the `lora` extra field)
 
 
 class _InputChecks(BaseModel):
@@ -103,8 +111,47 @@ def _fal_order(*last: str) -> ConfigDict:
     return ConfigDict(extra="ignore", json_schema_extra={"x-fal-order-properties": order})
 
 
-class OviInput(_CommonInput):
-    """Input of `fal-ai/ovi` (text-to-video)."""
+class LoraInput(BaseModel):
+    """One per-request LoRA: a file of the server's LoRA folder (`path`, a name inside the
+    `lora_dir` setting) or one of its stored files (`url`, a `/files/...` URL of an upload),
+    never an arbitrary local path or a foreign URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, description="A LoRA file name inside the server's LoRA folder (`lora_dir`)."
+    )
+    url: str | None = Field(
+        None, description="A LoRA file uploaded to this server's storage (its /files URL)."
+    )
+    scale: float = Field(1.0, ge=-10, le=10, description="Strength of the LoRA.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoraInput:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of path and url")
+        return self
+
+
+class _OviExtras(BaseModel):
+    """ovi-server's own fields, after fal's (mixed in first, so fal's order stays in front).
+    Their defaults are fal's behaviour: a fal request runs as on fal."""
+
+    lora: list[LoraInput] = Field(
+        default_factory=list,
+        max_length=MAX_REQUEST_LORAS,
+        description="ovi-server extra: LoRAs applied to this request only (unmerged), each from"
+        " the server's LoRA folder or its storage.",
+    )
+    fast: bool = Field(
+        False,
+        description="ovi-server extra: the few-step mode (FastWan LoRA on the video tower, 6"
+        " steps, 10 for 10 s, guidance 1, shift 6; num_inference_steps is ignored).",
+    )
+
+
+class _OviFalInput(_CommonInput):
+    """fal's input of `fal-ai/ovi`."""
 
     model_config = _fal_order("resolution")
 
@@ -115,8 +162,8 @@ class OviInput(_CommonInput):
     )
 
 
-class OviImageToVideoInput(_CommonInput):
-    """Input of `fal-ai/ovi/image-to-video`."""
+class _OviImageToVideoFalInput(_CommonInput):
+    """fal's input of `fal-ai/ovi/image-to-video`."""
 
     model_config = _fal_order("image_url")
 
@@ -125,6 +172,18 @@ class OviImageToVideoInput(_CommonInput):
         description="The image URL to guide video generation.",
         examples=[EXAMPLE_IMAGE_URL],
     )
+
+
+class OviInput(_OviExtras, _OviFalInput):
+    """Input of `fal-ai/ovi` (text-to-video): fal's fields, then ovi-server's extras."""
+
+    model_config = _fal_order("resolution", *_OviExtras.model_fields)
+
+
+class OviImageToVideoInput(_OviExtras, _OviImageToVideoFalInput):
+    """Input of `fal-ai/ovi/image-to-video`: fal's fields, then ovi-server's extras."""
+
+    model_config = _fal_order("image_url", *_OviExtras.model_fields)
 
 
 INPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviInput, I2V_APP: OviImageToVideoInput}

@@ -205,6 +205,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)
+    lora_dir: Path | None = Field(
+        None,
+        description="Folder of LoRA files a request may name in its `lora` field (`path`: a file"
+        " name inside it); None: only LoRAs uploaded to the storage (`url`).",
+    )
     url_allowlist: StrList = Field(
         default_factory=list,
         description="Hosts, IPs or CIDRs that image_url fetches and webhooks may reach although"

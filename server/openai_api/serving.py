@@ -164,6 +164,8 @@ class VideoService:
             "audio_negative_prompt": request.audio_negative_prompt,
             "num_inference_steps": request.num_inference_steps,
             "seed": request.seed,
+            "lora": request.lora,
+            "fast": request.fast,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         image_url = request.input_reference.image_url if request.input_reference else None

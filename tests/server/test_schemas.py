@@ -23,8 +23,10 @@ def test_field_order_and_defaults() -> None:
         "audio_negative_prompt",
         "seed",
         "image_url",
+        "lora",  # ovi-server's extras after fal's fields (off by default: test_lora_inputs.py)
+        "fast",
     ]
-    assert list(OviInput.model_fields)[-1] == "resolution"
+    assert list(OviInput.model_fields)[-3] == "resolution"
     t2v = OviInput(prompt="x")
     assert t2v.negative_prompt == "jitter, bad hands, blur, distortion"
     assert t2v.audio_negative_prompt == "robotic, muffled, echo, distorted"
@@ -69,7 +71,7 @@ def test_invalid_values(bad: dict) -> None:
 def test_json_schema_is_fals() -> None:
     schema = OviInput.model_json_schema()
     assert schema["required"] == ["prompt"]
-    assert schema["x-fal-order-properties"][-1] == "resolution"
+    assert schema["x-fal-order-properties"][-3:] == ["resolution", "lora", "fast"]
     assert schema["properties"]["seed"]["type"] == "integer"
     steps = schema["properties"]["num_inference_steps"]
     assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 50, 30)
