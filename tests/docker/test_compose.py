@@ -75,7 +75,7 @@ def test_compose_is_valid_and_has_the_documented_topology() -> None:
         settings = ServerSettings(**env)
         assert settings.job_store_url == "redis://redis:6379/0"
         assert settings.storage_url == "file:///shared/files"
-    assert ServerSettings(gpus="0,1").gpus == ["0", "1"]
+    assert ServerSettings(gpus="0,1").runtime.gpu_groups() == [[0], [1]]  # one worker per GPU
 
 
 def test_compose_refuses_to_start_without_api_keys() -> None:

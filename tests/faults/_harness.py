@@ -163,7 +163,7 @@ def start(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     wait_for: tuple[str, ...] = ("ready",),
-    timeout: float = 60.0,
+    timeout: float = 180.0,  # loading imports torch: slow on a busy 2-core machine
 ) -> Server:
     """A stand-in server on a free loopback port, in its own session (process group); waits
     until `/health` says one of `wait_for` (nothing if empty)."""

@@ -28,14 +28,16 @@ class _Preset:
 
 
 class StandInPipeline:
-    """Honours the pipeline's contract for a worker: `preset.sampling`, `__call__(prompt,
+    """Honours the pipeline's contract for a worker: `preset.sampling`, `runtime`, `__call__(prompt,
     image, params=, callback=, should_cancel=)`, step callbacks and cancellation between steps,
     an `OviOutput`-shaped result."""
 
     def __init__(self, step_s: float) -> None:
+        from model.options import RuntimeOptions
         from model.sampling import SamplingParams
 
         self.preset = _Preset(SamplingParams(steps=4, height=32, width=32))
+        self.runtime = RuntimeOptions()
         self.step_s = step_s
 
     def __call__(self, prompt: str, image: Any, *, params: Any, callback: Any, should_cancel: Any):

@@ -43,7 +43,7 @@ def test_sigkill_mid_job_then_group_sigterm_mid_job(tmp_path: Path) -> None:
             workers = server.health()[1]["workers"]
             return [w for w in workers if w["state"] == "ready"]
 
-        server.wait(lambda: len(ready_workers()) == 2, 60, "two ready workers")
+        server.wait(lambda: len(ready_workers()) == 2, 120, "two ready workers")
         job = server.submit(steps=50).json()["request_id"]  # 50 s
 
         def runner() -> int | None:
