@@ -84,6 +84,18 @@ class Server:
         self.workers_seen.update(pids)
         return pids
 
+    def descendants(self) -> list[int]:
+        """Every live process under the server (workers, a worker group's forkserver and
+        ranks), remembered for `leftovers`."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            for pid in children(todo.pop()):
+                if "resource_tracker" not in _cmd(pid):
+                    found.append(pid)
+                    todo.append(pid)
+        self.workers_seen.update(found)
+        return found
+
     def leftovers(self) -> list[int]:
         return [p for p in self.workers_seen if pid_alive(p)]
 

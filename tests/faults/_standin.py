@@ -40,7 +40,9 @@ class StandInPipeline:
         self.runtime = RuntimeOptions()
         self.step_s = step_s
 
-    def __call__(self, prompt: str, image: Any, *, params: Any, callback: Any, should_cancel: Any):
+    def __call__(
+        self, prompt: str, image: Any, *, params: Any, should_cancel: Any, callback: Any = None
+    ):
         import numpy as np
 
         from model.pipeline import GenerationCancelled, OviOutput, StepInfo
@@ -50,7 +52,8 @@ class StandInPipeline:
             if should_cancel():
                 raise GenerationCancelled()
             time.sleep(self.step_s)
-            callback(StepInfo(step, params.steps, time.monotonic() - t0))
+            if callback is not None:  # a follower rank of a worker group has none
+                callback(StepInfo(step, params.steps, time.monotonic() - t0))
         video = np.full((8, 32, 32, 3), 100, dtype=np.uint8)
         audio = np.zeros(16000 // 3, dtype=np.float32)
         return OviOutput(video=video, audio=audio, seed=int(params.seed or 0), height=32, width=32)
@@ -65,15 +68,44 @@ def load_standin(settings: Any, device: str | None = None) -> StandInPipeline:
     import model.preprocess  # noqa: F401
 
     time.sleep(float(os.environ.get("STANDIN_LOAD_S", "0")))
-    return StandInPipeline(float(os.environ.get("STANDIN_STEP_S", "0.2")))
+    pipe = StandInPipeline(float(os.environ.get("STANDIN_STEP_S", "0.2")))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a rank of a worker group: what `_Channel` reads
+        from types import SimpleNamespace
+
+        group = SimpleNamespace(group=dist.group.WORLD)
+        pipe.parallel = SimpleNamespace(is_main=dist.get_rank() == 0, state=group)
+    return pipe
 
 
 def standin_worker_main(*args: Any) -> None:
-    """Spawned worker target: the real worker entry point with the stand-in model."""
+    """Spawned worker target: the real worker entry point (a worker group's with
+    `--cfg-parallel`/`--sp`: real ranks and collectives) with the stand-in model."""
     import server.worker as worker
 
     worker.load_pipeline = load_standin
+    settings = args[0]
+    if settings.runtime.parallel_size > 1:
+        import _standin  # by name: the ranks unpickle `group_rank` from it
+
+        import model.parallel
+        from server.worker_group import worker_group_main
+
+        real = model.parallel.launch
+        model.parallel.launch = lambda fn, a=(), **kw: real(_standin.group_rank, a, **kw)
+        worker_group_main(*args)
+        return
     worker.worker_process_main(*args)
+
+
+def group_rank(*args: Any, device: Any = None) -> Any:
+    """A worker group's rank, with the stand-in model."""
+    import server.worker as worker
+    from server.worker_group import _group_rank
+
+    worker.load_pipeline = load_standin
+    return _group_rank(*args, device=device)
 
 
 def serve(argv: list[str]) -> None:
