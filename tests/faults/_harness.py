@@ -99,10 +99,10 @@ class Server:
     def leftovers(self) -> list[int]:
         return [p for p in self.workers_seen if pid_alive(p)]
 
-    def submit(self, steps: int = 4, seed: int = 1) -> httpx.Response:
+    def submit(self, steps: int = 4, seed: int = 1, prompt: str = "x") -> httpx.Response:
         with self.http() as c:
             return c.post(
-                f"/queue/{T2V}", json={"prompt": "x", "num_inference_steps": steps, "seed": seed}
+                f"/queue/{T2V}", json={"prompt": prompt, "num_inference_steps": steps, "seed": seed}
             )
 
     def status(self, request_id: str) -> dict[str, Any]:
