@@ -3,8 +3,9 @@
 
 Every stop must end within 5 s (uvicorn's connection grace) + drain + grace (5 s here) + slack,
 leave no worker process behind, and put a running job back in the queue without using an
-attempt; a worker SIGKILLed mid-job uses one attempt. (`--drain-timeout`, a job that finishes
-during the stop: `test_disk.py`, which ends with one.)
+attempt; a worker SIGKILLed mid-job uses one attempt. The same for a worker group (two gloo
+ranks). Workers and groups follow an API that is SIGKILLed. (`--drain-timeout`, a job that
+finishes during the stop: `test_disk.py`, which ends with one.)
 The model is a stand-in (`_standin.py`); the rest is the real server.
 """
 
