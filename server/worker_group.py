@@ -148,7 +148,7 @@ def guard_rank(stop_event: Any, group_pid: int | None, poll_s: float = 0.5) -> N
     """In a rank: a SIGTERM/SIGINT is the group's stop (ridden out: rank 0 releases the job and
     the group returns) if the shared `stop_event` is set within a second, else an order to end
     (exit). A watchdog thread ends the rank once the group process `group_pid` is gone."""
-    from server.supervisor import pid_alive
+    from server.procs import pid_alive
 
     signalled: list[float] = []
 
