@@ -148,9 +148,8 @@ class WorkerMetrics:
     def update_gpu_memory(self) -> None:
         """Read the CUDA allocator's counters, if this process already uses CUDA."""
         torch = sys.modules.get("torch")
-        # `torch.cuda` is missing while another thread is still importing torch (model load)
-        if getattr(torch, "cuda", None) is None:
-            return
+        if torch is None or getattr(torch.__spec__, "_initializing", False):
+            return  # not imported, or still being imported by the loading thread
         if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return
         self.gpu_memory_bytes.labels("allocated").set(torch.cuda.memory_allocated())

@@ -11,12 +11,21 @@ is bounded by the collective timeout (`COLLECTIVE_TIMEOUT_S`) even then.
 
 A rank that raises or dies takes the group down: `launch` terminates the others and raises, the
 worker process exits, its heartbeat stops, and the existing recovery re-queues the job.
+
+Stopping: the group process's SIGTERM/SIGINT (or its parent's death) sets the shared stop flag;
+rank 0 releases its job at the next step (no attempt used) and the group returns. The ranks
+themselves ride out a SIGTERM/SIGINT that comes with that flag (systemd and Ctrl-C signal every
+process of the group), exit on one that does not (`launch` ending a failed group), and exit
+within a second of losing the group process, so no rank outlives it holding a GPU.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 import torch
@@ -135,9 +144,44 @@ def follow(pipe: Any, device: Any) -> None:
             log.info("follower: clip ended with %s: %s", type(exc).__name__, exc)
 
 
-def _group_rank(settings: ServerSettings, worker_id: str, stop_event: Any, device: Any = None):
+def guard_rank(stop_event: Any, group_pid: int | None, poll_s: float = 0.5) -> None:
+    """In a rank: a SIGTERM/SIGINT is the group's stop (ridden out: rank 0 releases the job and
+    the group returns) if the shared `stop_event` is set within a second, else an order to end
+    (exit). A watchdog thread ends the rank once the group process `group_pid` is gone."""
+    from server.procs import pid_alive
+
+    signalled: list[float] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        signalled.append(time.monotonic())
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if group_pid is not None and not pid_alive(group_pid):
+                log.warning("rank: the worker group process is gone; exiting")
+                os._exit(1)
+            if signalled and time.monotonic() - signalled[0] > 1.0 and not stop_event.is_set():
+                log.warning("rank: terminated")
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ovi-rank-watchdog", daemon=True).start()
+
+
+def _group_rank(
+    settings: ServerSettings,
+    worker_id: str,
+    stop_event: Any,
+    group_pid: int | None = None,
+    device: Any = None,
+):
     from server.worker import load_pipeline, run_worker
 
+    if stop_event is not None and group_pid not in (None, os.getpid()):  # not under torchrun
+        guard_rank(stop_event, group_pid)
     pipe = load_pipeline(settings, None if device is None else str(device))
     if not pipe.parallel.is_main:
         follow(pipe, device)
@@ -169,7 +213,7 @@ def run_worker_group(
     )
     launch(
         _group_rank,
-        (settings, worker_id, stop_event),
+        (settings, worker_id, stop_event, os.getpid()),
         world_size=runtime.parallel_size,
         gpus=gpus,
         collective_timeout=COLLECTIVE_TIMEOUT_S,
@@ -179,18 +223,27 @@ def run_worker_group(
 def worker_group_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     """Entry point of worker process `slot` when the runtime asks for ranks (the supervisor's,
     or `ovi worker`'s foreground group). SIGTERM/SIGINT set a stop flag the ranks share: rank 0
-    claims nothing more and releases its running job at the next step (no attempt used)."""
+    claims nothing more and releases its running job at the next step (no attempt used). A
+    watchdog stops the group when its parent (the supervisor) is gone and ends the process if a
+    stop takes longer than `drain_timeout_s + shutdown_grace_s` (its ranks follow it)."""
     import multiprocessing as mp
-    import signal
 
     from server.logs import configure_logging
+    from server.worker import StopRequest, Watchdog
 
     configure_logging(settings.log_level, settings.log_format, process=f"group[{slot}]")
+    # The supervisor starts its workers as daemons, and multiprocessing refuses a daemon
+    # children. This process stops its ranks itself (`launch`), and they follow its death.
+    if mp.parent_process() is not None and mp.current_process().daemon:
+        mp.current_process().daemon = False
     stop = mp.get_context("forkserver").Event()  # reaches the ranks through their arguments
+    request = StopRequest(settings.drain_timeout_s)  # when it was asked, for the watchdog
 
     def handle(signum: int, frame: Any) -> None:
+        request.request()
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    Watchdog(request, settings.shutdown_grace_s).start()
     run_worker_group(settings, worker_id, stop_event=stop, slot=slot)
