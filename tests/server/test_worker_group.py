@@ -92,7 +92,7 @@ def _descendants(pid: int) -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = _ppid(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
@@ -102,6 +102,10 @@ def _descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _all_gone(pids: set[int], within_s: float) -> set[int]:
@@ -131,7 +135,8 @@ def _start_group(settings: ServerSettings, store, job_id: str) -> tuple:
 
 def test_group_stops_on_sigterm_and_follows_a_killed_worker(tmp_path: Path) -> None:
     """SIGKILL of the worker process: its ranks (forkserver children) release the job and end
-    within the grace; SIGTERM: the job is released (no attempt used) and every rank ends."""
+    within the grace; SIGTERM: the job is released (no attempt used) and every rank ends; a
+    follower's death ends the group (exit code 1) leaving the job to the recovery."""
     settings = ServerSettings(
         data_dir=tmp_path, preset="tiny_1s", device="cpu", cfg_parallel=True, world_size=2,
         poll_interval_s=0.05, heartbeat_interval_s=0.2, shutdown_grace_s=30.0,
@@ -157,6 +162,19 @@ def test_group_stops_on_sigterm_and_follows_a_killed_worker(tmp_path: Path) -> N
         released = store.get(job.id)
         assert released.status == JobStatus.IN_QUEUE and released.attempts == 0
         assert store.workers() == []
+
+        # a follower rank dies: the group goes down, the job is not failed but recovered
+        proc, ranks = _start_group(settings, store, job.id)
+        procs.append(proc)
+        leader = store.workers()[0].pid  # rank 0 registers the worker
+        follower = next(p for p in _descendants(_ppid(leader)) if p != leader)
+        os.kill(follower, signal.SIGKILL)
+        proc.join(60)
+        assert proc.exitcode == 1
+        assert _all_gone(ranks, within_s=15) == set()
+        held = store.get(job.id)
+        assert held.status == JobStatus.IN_PROGRESS and held.error is None
+        assert store.recover(["group-stop"], max_attempts=3) == [job.id]
     finally:
         for proc in procs:
             if proc.is_alive():
