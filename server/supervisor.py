@@ -40,8 +40,7 @@ def worker_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of ranks per clip
         from server.worker_group import worker_group_main
 
-        worker_group_main(settings, worker_id, slot)
-        return
+        raise SystemExit(worker_group_main(settings, worker_id, slot))
     from server.worker import worker_process_main
 
     worker_process_main(settings, worker_id, slot)
