@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+# How the initial noise is drawn (`model/pipeline.py` `draw_noise`): "official" = the official
+# release's procedure on the compute device (reproduces its clips, and fal's); "portable" = one
+# CPU float32 generator (the same starting latents on every device).
+NoiseMode = Literal["official", "portable"]
+NOISE_MODES: tuple[str, ...] = ("official", "portable")
 
 
 def option(
@@ -100,11 +105,27 @@ class RuntimeOptions:
     )
     batch_cfg: bool = option(False, "run both guidance passes as one batch of 2")
 
+    # --- parity with the official release (README: "Reproducing a clip") ---
+    noise: NoiseMode = option(
+        "official",
+        "initial noise: official (the official release's draw on the compute device: its seeds "
+        "give its clips) or portable (one CPU float32 generator: the same latents on every "
+        "device); a request's own `noise` wins",
+    )
+    fast_vae: bool = option(
+        False,
+        "compute the Wan VAE in the pipeline dtype (bf16 on CUDA) without fp32 norms: faster, "
+        "not the official pixels (default: float32 compute on the bf16-rounded weights, as the "
+        "official release)",
+    )
+
     def __post_init__(self) -> None:
         if self.fp8_compute and (self.device or "").startswith("cpu"):
             raise ValueError(
                 "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"
             )
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.dtype is not None and self.dtype not in typing.get_args(Dtype):
             raise ValueError(
                 f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}"

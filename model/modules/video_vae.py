@@ -227,8 +227,8 @@ class VideoVAE(nn.Module):
         self, latent: torch.Tensor, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Normalised latent [B, z, F, h, w] -> the 8-bit frames [B, T, 16h, 16w, 3] (uint8) on
-        `device` (default: the latent's), each piece converted as soon as it is decoded:
-        round((clamp(x, -1, 1) + 1) * 127.5) in float32, the pipeline's conversion. With a
+        `device` (default: the latent's), each piece converted as soon as it is decoded by
+        `to_uint8` (the official truncation). With a
         host `device` the decoded video never sits on the GPU whole (pinned host memory,
         asynchronous copies, synchronised before returning). On `meta` nothing is copied."""
         self._check_latent(latent)
@@ -243,8 +243,7 @@ class VideoVAE(nn.Module):
 
         def write(frame: int, piece: torch.Tensor, rows: slice = slice(None)) -> None:
             """piece [b, 3, n, H, W] -> uint8 frames out[rows, frame : frame + n]."""
-            pixels = piece.clamp(-1.0, 1.0).float().clamp(-1, 1)
-            pixels = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+            pixels = to_uint8(piece).permute(0, 2, 3, 4, 1)
             if pixels.device.type != "meta" or device.type == "meta":
                 out[rows, frame : frame + pixels.shape[1]].copy_(pixels, non_blocking=pin)
 
@@ -319,6 +318,14 @@ class VideoVAE(nn.Module):
         y = unpatchify(y, patch_size=self.config.patch_size)  # [B, 3, n, 16h', 16w']
         write(written[0], y)
         written[0] += y.shape[2]
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoded pixels in [-1, 1] (any float dtype) -> uint8, as the official release converts:
+    clamp, then ((x + 1) / 2 * 255) in float32 truncated (numpy's `astype(uint8)`), not
+    rounded; a value lands one lower than rounding would about half the time."""
+    x = pixels.float().clamp(-1.0, 1.0)
+    return ((x + 1) / 2 * 255).to(torch.uint8)  # float -> uint8 truncates toward zero
 
 
 def _lean_conv(
