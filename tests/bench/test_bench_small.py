@@ -50,6 +50,7 @@ REQUIRED = (
     "fp8_rel_err_audio",
     "t5_3_prompts_ms",
     "vae_encode_image_ms",
+    "vae_decode_fp32_ms",
     "vae_decode_ms",
     "vae_decode_peak_mem_gib",
     "vae_decode_pixel_err_max",
