@@ -152,6 +152,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "est_t5_act_gib",
         "est_vae_encode_image_act_gib",
         "est_vae_decode_act_gib",
+        "est_vae_decode_fast_act_gib",
         "est_vae_decode_stock_act_gib",
         "est_audio_decode_act_gib",
         "est_pipeline_peak_gib",

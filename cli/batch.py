@@ -2,9 +2,11 @@
 
 Each clip's record goes to `results.jsonl` in the output folder as it finishes; a rerun skips
 the items already written. A bad row fails alone and the batch goes on (exit code 1 at the end).
-Seeds (`item_seed`): with `--seed S`, repeat k of every row gets `S + k`, the official
-`inference.py` scheme (its `each_example_n_times` loop), so row r's clips are the ones the official
-script makes for that prompt with the same seed; without `--seed`, each clip draws its own.
+Seeds (`item_seed`): with `--seed S`, repeat k of every row gets `S + k`: the official
+`inference.py` scheme as far as its public documentation shows it (a `seed` and
+`each_example_n_times` per prompt, the seed moving with the repeat, not the row), so row r's
+clips are the ones the official script makes for that prompt with the same seed. Not checked
+against its source here (issue 12). Without `--seed`, each clip draws its own (and records it).
 """
 
 from __future__ import annotations

@@ -266,11 +266,11 @@ class OviPipeline:
         self.vocoder = vocoder
         self.dtype = _compute_dtype(runtime, self.device)
         # Wan VAE precision: the official release keeps the VAE's weights in bf16 but encodes and
-        # decodes under a float32 autocast (fp32 norms and latent statistics), i.e. float32 math
-        # on bf16-rounded weights; a float32 copy of the loaded (rounded) weights is exactly
-        # that. `fast_vae` keeps the VAE in the pipeline dtype instead.
-        if not runtime.fast_vae and next(video_vae.parameters()).dtype != torch.float32:
-            video_vae.float()
+        # decodes under a float32 autocast (fp32 norms and latent statistics): float32 math on
+        # the bf16 weights (`VideoVAE.compute_in_float32`). `fast_vae` computes in the weights'
+        # dtype instead.
+        if not runtime.fast_vae:
+            video_vae.compute_in_float32()
         # block offload: the DiT stays on the host (BlockOffload places it), the rest offloads
         self.cpu_offload = runtime.cpu_offload or (config is not None and config.block_offload)
         components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
@@ -462,7 +462,8 @@ class OviPipeline:
             raise ValueError(
                 f"image preprocessed to {tuple(pixels.shape[-2:])}, expected {(height, width)}"
             )
-        with self._on_device(self.video_vae):
+        with self._on_device(self.video_vae):  # the pixels in the pipeline dtype, as the
+            # official engine hands them over; the VAE computes in its own (float32) dtype
             latent = self.video_vae.encode_image(pixels.to(self.device, self.dtype))
         return latent.to(self.device, self.dtype)
 

@@ -397,7 +397,7 @@ def optimize_pipeline(pipe: OviPipeline, config: FastPath | None) -> FastPath | 
     if config.compile is None:
         config = replace(config, compile=pipe.device.type == "cuda")
     optimize_fusion(pipe.fusion, config, pipe.device)
-    vae_dtype = next(pipe.video_vae.parameters()).dtype  # float32 unless `fast_vae`
+    vae_dtype = pipe.video_vae.dtype  # its compute dtype: float32 unless `fast_vae`
     if config.vae_skip_upcasts and vae_dtype in (torch.bfloat16, torch.float16):
         vae_skip_upcasts(pipe.video_vae)
     return config

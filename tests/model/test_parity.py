@@ -116,21 +116,31 @@ def test_vae_computes_in_float32_on_the_rounded_weights_by_default() -> None:
     preset = get_preset("tiny_1s")
     pipe = OviPipeline.from_preset("tiny_1s", dtype="bfloat16", fast_path=True, compile=False)
     assert pipe.dtype == torch.bfloat16 and pipe.fusion.dtype == torch.bfloat16
-    assert {p.dtype for p in pipe.video_vae.parameters()} == {torch.float32}
+    # the weights stay bf16 (as the official VAE keeps them); the math is float32
+    vae = pipe.video_vae
+    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
+    assert vae.dtype == torch.float32
     assert "NoUpcastRMSNorm" not in _vae_classes(pipe)  # the fast path keeps the fp32 norms
-    # the weights are the bf16 ones (as the official VAE keeps them), computed in float32
+    # the restatement: a float32 VAE holding the bf16-rounded weights
     state = random_wan_vae_state(preset.config.video_vae, seed=2)  # from_preset: seed + 2
     rounded = {k: v.bfloat16().float() for k, v in state.items()}
     official = load_wan_vae(rounded, preset.config.video_vae, source="random")
-    for (name, ours), (_, ref) in zip(
-        pipe.video_vae.state_dict().items(), official.state_dict().items(), strict=True
-    ):
-        assert torch.equal(ours, ref), name
     latent = torch.randn(1, 48, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    for tail_frames in (1, None):  # in pieces (the pipeline) and diffusers' own loop
+        vae.tail_frames = official.tail_frames = tail_frames
+        ours = vae.decode(latent.bfloat16(), clamp=False)
+        assert ours.dtype == torch.float32
+        assert torch.equal(ours, official.decode(latent.bfloat16(), clamp=False)), tail_frames
+    vae.tail_frames = official.tail_frames = 1
     assert torch.equal(
-        pipe.video_vae.decode_uint8(latent.bfloat16(), device="cpu"),
+        vae.decode_uint8(latent.bfloat16(), device="cpu"),
         official.decode_uint8(latent.bfloat16(), device="cpu"),
     )
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    assert torch.equal(vae.encode_image(image.bfloat16()), official.encode_image(image.bfloat16()))
+    # and undone: back to bf16 math
+    vae.compute_in_float32(False)
+    assert vae.dtype == torch.bfloat16 and vae.decode(latent).dtype == torch.bfloat16
 
 
 def test_fast_vae_keeps_the_pipeline_dtype() -> None:
@@ -138,6 +148,7 @@ def test_fast_vae_keeps_the_pipeline_dtype() -> None:
         "tiny_1s", dtype="bfloat16", fast_path=True, compile=False, fast_vae=True
     )
     assert {p.dtype for p in pipe.video_vae.parameters()} == {torch.bfloat16}
+    assert pipe.video_vae.dtype == torch.bfloat16
     assert "NoUpcastRMSNorm" in _vae_classes(pipe)  # and the fast path drops the fp32 norms
 
 
