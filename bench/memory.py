@@ -328,9 +328,12 @@ def _pipeline_peaks(est: dict[str, float], fusion: FusionModel, main: str) -> di
 
         return max(weights(resident + runs) + act for runs, act in phases.values())
 
+    offload_t5 = peak(COMPONENTS[:1] + COMPONENTS[2:])
     return {
         "est_pipeline_peak_gib": peak(COMPONENTS),
-        "est_pipeline_peak_text_encoder_offload_gib": peak(COMPONENTS[:1] + COMPONENTS[2:]),
+        "est_pipeline_peak_text_encoder_offload_gib": offload_t5,
+        # the default on a GPU under `SMALL_GPU_GIB` (a 40 GB card) keeps umT5 on the host
+        "est_pipeline_peak_default_40gb_gib": offload_t5,
         "est_pipeline_peak_cpu_offload_gib": peak(()),
         "est_pipeline_peak_block_offload_gib": peak((), dit=streamed_dit),
     }

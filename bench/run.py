@@ -46,6 +46,7 @@ from . import sections
 from .build import build_audio, build_text_encoder, build_video_vaes, random_fusion
 from .flops import Shape, forward_flops, step_flops
 from .memory import estimate_memory
+from .parallel import run_section as run_parallel_section
 
 logger = logging.getLogger("bench")
 
@@ -137,6 +138,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "audio": ("audio_decode_ms",),
     "totals": ("pipeline_50_steps_composed_s", "pipeline_30_steps_composed_s"),
     "pipeline": ("pipeline_50_steps_s", "pipeline_30_steps_s", "pipeline_peak_mem_gib"),
+    "parallel": (),  # bench/parallel.py: its figures go under extra["parallel"]
     "memory": (  # estimates at full size on the meta device (bench/memory.py), any machine
         "est_weights_fusion_gib",
         "est_weights_fusion_fp8_gib",
@@ -157,6 +159,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "est_audio_decode_act_gib",
         "est_pipeline_peak_gib",
         "est_pipeline_peak_text_encoder_offload_gib",
+        "est_pipeline_peak_default_40gb_gib",
         "est_pipeline_peak_cpu_offload_gib",
         "est_pipeline_peak_block_offload_gib",
     ),
@@ -165,7 +168,8 @@ FLOP_KEYS = tuple(k for label in LABELS for k in _shape_keys(label)[:2])  # anal
 SECTION_KEYS["profile"] = ()  # a kernel table beside the JSON (`<out>.kernels.txt`), extra
 # The built-in sections in the default plan's order (`--plan full`); see `register_builtins`.
 BUILTIN_SECTIONS = (
-    "matmul", "dit", "profile", "variants", "t5", "vae", "audio", "totals", "pipeline", "memory"
+    "matmul", "dit", "profile", "variants", "t5", "vae", "audio", "totals", "pipeline", "memory",
+    "parallel",
 )  # fmt: skip
 # Plans: (sections in order of value, shapes). `lease` is the one GPU command of at most 8
 # minutes (bench/gpu-lease.sh); `lease-960` the second one, for the 960x960 shapes.
@@ -183,6 +187,7 @@ PLANS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "profile",
             "variants",
             "pipeline",
+            "parallel",
         ),
         (MAIN,),
     ),  # fmt: skip
@@ -840,11 +845,16 @@ class Bench:
             self.note(key, ESTIMATE_NOTE)
         self.say(
             f"memory (estimated at full size, meta device): pipeline peak"
-            f" {estimates['est_pipeline_peak_gib']:.2f} GiB all resident,"
+            f" {estimates['est_pipeline_peak_gib']:.2f} GiB all resident (the default on a GPU"
+            f" of 42 GiB or more; {estimates['est_pipeline_peak_default_40gb_gib']:.2f} GiB, umT5"
+            " on the host, is the default on a 40 GB card),"
             f" {estimates['est_pipeline_peak_text_encoder_offload_gib']:.2f} GiB with text-encoder"
             f" offload, {estimates['est_pipeline_peak_cpu_offload_gib']:.2f} GiB cpu_offload,"
             f" {estimates['est_pipeline_peak_block_offload_gib']:.2f} GiB block offload"
         )
+
+    def run_parallel(self) -> None:
+        run_parallel_section(self)
 
     # --- driver -------------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ def add_option_flags(parser: argparse._ActionsContainer, cls: type) -> None:
         elif typing.get_origin(base) is Literal:
             choices = typing.get_args(base)
             kwargs.update(choices=choices, type=type(choices[0]))
+        elif typing.get_origin(base) is tuple:  # repeatable: `--lora A --lora B`
+            kwargs.update(action="append", metavar=flag.lstrip("-").upper())
         elif base in (int, float, str):
             kwargs.update(type=base, metavar=flag.lstrip("-").replace("-", "_").upper())
         else:  # pragma: no cover - a new field type needs a rule here

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="create a local CA, a server certificate and a CA bundle",
         description=(
             "Create DIR/{ca.pem, ca-key.pem, server.pem, server-key.pem, bundle.pem}. "
-            "The server certificate covers localhost, 127.0.0.1 and ::1 plus every --name."
+            "The server certificate covers localhost, 127.0.0.1 and ::1 plus every --name"
+            " (and fal's own hosts with --fal-hosts)."
         ),
     )
     init.add_argument("directory", metavar="DIR", type=Path)
@@ -27,14 +28,21 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="NAME",
         help="extra DNS name or IP address for the server certificate (repeatable)",
     )
+    init.add_argument(
+        "--fal-hosts",
+        action="store_true",
+        help="also cover every host fal's clients call (fal.run, queue.fal.run, rest.fal.ai,"
+        " v3.fal.media, ...): point them at this server for a drop-in with no code change",
+    )
     init.set_defaults(func=run)
     return tls
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.fal_hosts import FAL_HOSTS
     from server.tls import init_tls
 
-    files = init_tls(args.directory, args.names)
+    files = init_tls(args.directory, args.names, fal_hosts=args.fal_hosts)
     print(f"CA certificate:     {files.ca_cert}")
     print(f"server certificate: {files.server_cert}")
     print(f"server key:         {files.server_key}")
@@ -43,4 +51,7 @@ def run(args: argparse.Namespace) -> int:
     print("Serve:   ovi serve --tls-cert", files.server_cert, "--tls-key", files.server_key)
     print("Python:  export SSL_CERT_FILE=" + str(files.bundle.resolve()))
     print("Node:    export NODE_EXTRA_CA_CERTS=" + str(files.ca_cert.resolve()))
+    if args.fal_hosts:
+        print("Hosts:   point these names at the server (docs/drop-in.md):")
+        print("         " + " ".join(FAL_HOSTS))
     return 0

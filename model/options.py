@@ -26,6 +26,7 @@ Dtype = Literal["bfloat16", "float16", "float32"]
 # CPU float32 generator (the same starting latents on every device).
 NoiseMode = Literal["official", "portable"]
 NOISE_MODES: tuple[str, ...] = ("official", "portable")
+Quantize = Literal["none", "int8", "fp8_row"]
 
 
 def option(
@@ -80,8 +81,11 @@ class RuntimeOptions:
     cpu_offload: bool = option(
         False, "keep every component on the CPU; each visits the GPU while it runs"
     )
-    offload_text_encoder: bool = option(
-        False, "keep only umT5 on the CPU, moved to the GPU for prompt encoding (40-48 GB GPUs)"
+    offload_text_encoder: bool | None = option(
+        None,
+        "keep only umT5 on the CPU, moved to the GPU for prompt encoding (default: on for a GPU "
+        "of less than 42 GiB, where all-resident does not fit)",
+        negatable=True,
     )
     block_offload: bool = option(
         False,
@@ -118,18 +122,114 @@ class RuntimeOptions:
         "not the official pixels (default: float32 compute on the bf16-rounded weights, as the "
         "official release)",
     )
+    # --- one clip on several devices (model/parallel) ---
+    cfg_parallel: bool = option(
+        False, "run the positive and the negative guidance pass on two ranks at once"
+    )
+    sp_degree: int = option(
+        1,
+        "Ulysses sequence parallelism: split each tower's tokens over this many ranks",
+        flag="--sp",
+    )
+    world_size: int | None = option(
+        None, "CPU ranks (gloo) for one clip: 2 with --cfg-parallel, K with --sp K, 2K with both"
+    )
+    gpus: str | None = option(None, "CUDA devices for one clip, one rank each (e.g. 0,1,2,3; NCCL)")
+    # --- faster and smaller on purpose: approximate (README "Every knob": measured cost) ---
+    lora: tuple[str, ...] = option(
+        (),
+        "LoRA file FILE[:SCALE] merged into the DiT at load, on the tower its keys name "
+        "(repeatable; SCALE default 1)",
+    )
+    fast: bool = option(
+        False,
+        "few-step mode: FastWan LoRA on the video tower, 6 steps (10 for 10 s), guidance 1 "
+        "(no negative pass), shift 6",
+    )
+    cache_threshold: float = option(
+        0.0,
+        "step caching: reuse the towers' residual while their estimated change stays below T "
+        "(0 = off)",
+    )
+    quantize: Quantize = option(
+        "none",
+        "8-bit DiT block linears: int8 (weight-only, per-channel) or fp8_row (float8, "
+        "row-wise scales; emulated off CUDA)",
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, str):
+            object.__setattr__(self, "lora", (self.lora,))
+        object.__setattr__(self, "lora", tuple(self.lora))
+        if not self.cache_threshold >= 0:
+            raise ValueError(f"cache_threshold must be >= 0, got {self.cache_threshold!r}")
+        if self.quantize not in typing.get_args(Quantize):
+            raise ValueError(
+                f"quantize must be one of {', '.join(typing.get_args(Quantize))},"
+                f" got {self.quantize!r}"
+            )
+        if self.fast and self.cfg_parallel:
+            raise ValueError(
+                "--fast runs no negative pass, so --cfg-parallel has nothing to split; use --sp"
+            )
+        if self.quantize != "none" and (self.block_offload or self.fp8_compute):
+            raise ValueError(
+                "quantize is not combined with block_offload or fp8_compute; choose one"
+            )
         if self.fp8_compute and (self.device or "").startswith("cpu"):
             raise ValueError(
                 "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"
             )
         if self.noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        self._check_parallel()
         if self.dtype is not None and self.dtype not in typing.get_args(Dtype):
             raise ValueError(
                 f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}"
             )
+
+    @property
+    def parallel_size(self) -> int:
+        """Ranks one clip runs on: 2 with `cfg_parallel`, times `sp_degree`."""
+        return (2 if self.cfg_parallel else 1) * self.sp_degree
+
+    def gpu_list(self) -> list[int]:
+        """`gpus` as device indices ([] when not given)."""
+        return [int(g) for g in self.gpus.split(",") if g.strip()] if self.gpus else []
+
+    def _check_parallel(self) -> None:
+        """The ranks `world_size` or `gpus` give must be the ones cfg_parallel x sp ask for."""
+        if self.sp_degree < 1:
+            raise ValueError(f"--sp must be at least 1, got {self.sp_degree}")
+        if self.world_size is not None and self.world_size < 1:
+            raise ValueError(f"--world-size must be at least 1, got {self.world_size}")
+        if self.gpus is not None:
+            try:
+                gpus = self.gpu_list()
+            except ValueError:
+                raise ValueError(
+                    f"--gpus must list device numbers like 0,1,2,3, got {self.gpus!r}"
+                ) from None
+            if len(set(gpus)) != len(gpus) or not gpus:
+                raise ValueError(f"--gpus must list distinct device numbers, got {self.gpus!r}")
+            if self.world_size is not None:
+                raise ValueError("give --gpus (CUDA) or --world-size (CPU ranks), not both")
+        if self.world_size is not None and self.world_size != self.parallel_size:
+            raise ValueError(
+                f"{self.world_size} ranks given but --cfg-parallel x --sp asks for"
+                f" {self.parallel_size} (2 with --cfg-parallel, K with --sp K, 2K with both)"
+            )
+        if self.gpus is not None and len(self.gpu_list()) % self.parallel_size:
+            raise ValueError(
+                f"{len(self.gpu_list())} GPUs given but --cfg-parallel x --sp asks for"
+                f" {self.parallel_size} per clip (2 with --cfg-parallel, K with --sp K, 2K with"
+                " both): give one clip's GPUs, or a multiple for a worker per slice"
+            )
+
+    def gpu_groups(self) -> list[list[int]]:
+        """`gpus` cut into one slice of `parallel_size` devices per worker ([] without gpus)."""
+        gpus, k = self.gpu_list(), self.parallel_size
+        return [gpus[i : i + k] for i in range(0, len(gpus), k)]
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         """A copy with `changes`; `None` values are dropped (a flag that was not given)."""

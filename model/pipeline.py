@@ -31,7 +31,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checks import check_device, check_request
 from .convert.fusion import load_fusion, random_fusion_state
 from .convert.mmaudio import (
     load_audio_vae,
@@ -51,18 +52,22 @@ from .convert.mmaudio import (
 from .convert.umt5 import load_t5, random_t5_state
 from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
+from .lora import LoraSpec, apply_loras, parse_specs
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
 from .optimize.offload import visit_device
+from .optimize.quantize import quantize_blocks
+from .optimize.step_cache import ForwardCount, StepCache
 from .options import ModelSource, NoiseMode, RuntimeOptions
+from .parallel import ParallelRuntime
 from .preprocess import (
     area_mismatch,
     image_target_size,
     preprocess_image,
     snap_hw_to_multiple_of_32,
 )
-from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, get_preset
+from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, fast_preset, get_preset
 from .sampling import MAX_SEED, SamplingParams
 from .schedulers import make_scheduler
 from .text import format_prompt
@@ -80,6 +85,9 @@ class StepInfo:
     step: int  # 1-based: steps done so far
     total: int
     elapsed: float  # seconds since the denoising loop started
+    # The current clean-video estimate x0 = x_t - sigma_t * v [B, 48, F, h, w] (for previews,
+    # e.g. `model.preview.LatentPreview`); None where the caller gives no callback.
+    denoised: torch.Tensor | None = None
 
 
 @dataclass
@@ -93,6 +101,8 @@ class OviOutput:
     sample_rate: int = AUDIO_SAMPLE_RATE
     prompt: str = ""  # the prompt as the model saw it (after per-variant formatting)
     timings: dict[str, float] = field(default_factory=dict)
+    # counters of the clip: DiT forwards run and skipped (`ForwardCount.as_metrics`)
+    metrics: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -116,6 +126,8 @@ def denoise(
     callback: Callable[[StepInfo], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     batch_cfg: bool = False,
+    cache_threshold: float | None = None,
+    forwards: ForwardCount | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling loop. Returns the final (video [B,48,F,h,w], audio [B,La,20]) latents.
 
@@ -125,6 +137,9 @@ def denoise(
     first_frame_latent: [B, 48, 1, h, w] for i2v (written into frame 0 before every pass and
     once after the loop), None for t2v.
     batch_cfg: run both passes as one batch (`FusionModel.forward_cfg`; equal to rounding).
+    Guidance 1 on both towers needs no negative pass: it is skipped (one DiT pass per step).
+    cache_threshold: step caching (`optimize.step_cache`; None = no cache, 0 = never skips);
+    forwards: counts the DiT passes run and skipped.
     """
     steps = params.steps
     video_scheduler = make_scheduler(params.solver, steps, params.shift)
@@ -134,17 +149,32 @@ def denoise(
     batch = video.shape[0]
     start = time.perf_counter()
     timesteps = video_scheduler.timesteps.to(video.device)  # once: no host->device copy per step
+    sigmas = video_scheduler.sigmas.tolist() if callback is not None else []  # host floats
+    negative = not (params.video_guidance_scale == 1 and params.audio_guidance_scale == 1)
+    cache = None if cache_threshold is None else StepCache(cache_threshold, steps)
+    count = forwards if forwards is not None else ForwardCount()
     for i, t in enumerate(video_scheduler.timesteps):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"cancelled before step {i + 1}/{steps}")
         if is_i2v:
             video = torch.cat([first_frame_latent.to(video.dtype), video[:, :, 1:]], dim=2)
         t_model = timesteps[i].reshape(1).expand(batch)
-        if batch_cfg:
+        reused = cache is not None and cache.skip(i, video, audio)
+        if reused:
+            outputs = cache.reuse(video, audio)
+        elif not negative:
+            outputs = [
+                fusion(
+                    video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v,
+                    slg_layer=None,
+                )
+            ]  # fmt: skip
+        elif batch_cfg:
             pos_v, pos_a, neg_v, neg_a = fusion.forward_cfg(
                 video, audio, t_model, (text_pos, text_pos), (text_video_neg, text_audio_neg),
                 first_frame_is_clean=is_i2v, slg_layer=skip,
             )  # fmt: skip
+            outputs = [(pos_v, pos_a), (neg_v, neg_a)]
         else:
             pos_v, pos_a = fusion(
                 video, audio, t_model, text_pos, text_pos, first_frame_is_clean=is_i2v,
@@ -154,12 +184,24 @@ def denoise(
                 video, audio, t_model, text_video_neg, text_audio_neg, first_frame_is_clean=is_i2v,
                 slg_layer=skip,
             )  # fmt: skip
-        guided_v = neg_v + params.video_guidance_scale * (pos_v - neg_v)
-        guided_a = neg_a + params.audio_guidance_scale * (pos_a - neg_a)
+            outputs = [(pos_v, pos_a), (neg_v, neg_a)]
+        if reused:
+            count.skipped += len(outputs)
+        else:
+            count.run += len(outputs)
+            if cache is not None:
+                cache.store(video, audio, outputs)
+        if negative:
+            (pos_v, pos_a), (neg_v, neg_a) = outputs
+            guided_v = neg_v + params.video_guidance_scale * (pos_v - neg_v)
+            guided_a = neg_a + params.audio_guidance_scale * (pos_a - neg_a)
+        else:  # guidance 1: neg + 1 * (pos - neg) is the positive pass
+            guided_v, guided_a = outputs[0]
+        denoised = video - sigmas[i] * guided_v if callback is not None else None  # flow: x0
         video = video_scheduler.step(guided_v, t, video)
         audio = audio_scheduler.step(guided_a, t, audio)
         if callback is not None:
-            callback(StepInfo(i + 1, steps, time.perf_counter() - start))
+            callback(StepInfo(i + 1, steps, time.perf_counter() - start, denoised))
     if is_i2v:
         video = torch.cat([first_frame_latent.to(video.dtype), video[:, :, 1:]], dim=2)
     return video, audio
@@ -210,10 +252,26 @@ def _plan(
     """`runtime` with the keyword `options` applied and its device decided (`default_device`, else
     CUDA when present), the device, and the fast-path plan (`transforms`, else resolved)."""
     runtime = (runtime or RuntimeOptions()).replace(**options)
+    check_device(runtime.device)
     device = torch.device(runtime.device or default_device or _default_device())
     runtime = runtime.replace(device=str(device))
+    if runtime.offload_text_encoder is None:  # decided by the GPU's size
+        runtime = runtime.replace(offload_text_encoder=_small_gpu(device))
     config = transforms if transforms is not None else resolve_fast_path(runtime, device)
     return runtime, device, config
+
+
+# All resident, the default mode needs ~39.5 GiB at 704x704x121 (README memory table: the Wan VAE
+# decodes in float32 math, as the official release); below this much GPU memory umT5 is kept on
+# the host instead (35.3 GiB), so a 40 GB card runs the default with the same pixels.
+SMALL_GPU_GIB = 42.0
+
+
+def _small_gpu(device: torch.device) -> bool:
+    """True for a CUDA device with less than `SMALL_GPU_GIB` of memory."""
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_properties(device).total_memory < SMALL_GPU_GIB * 2**30
 
 
 def _compute_dtype(runtime: RuntimeOptions, device: torch.device) -> torch.dtype:
@@ -250,12 +308,14 @@ class OviPipeline:
         *,
         runtime: RuntimeOptions | None = None,
         transforms: FastPath | None = None,
+        loras: Sequence[LoraSpec] = (),
         **options: Any,
     ) -> None:
         """runtime (or its fields as keywords): device, dtype and memory modes
         (`model/options.py`). The fast path is resolved once here from them
         (`optimize.fast_path.resolve_fast_path`); `transforms` replaces that resolution with an
-        explicit plan (benchmarks, tests)."""
+        explicit plan (benchmarks, tests). `loras` are merged before it, after `runtime.lora`
+        (`from_pretrained` adds the few-step mode's FastWan LoRA here)."""
         runtime, self.device, config = _plan(runtime, transforms, options)
         self.runtime = runtime
         self.preset = preset
@@ -285,7 +345,18 @@ class OviPipeline:
         for module in components:
             offloaded = any(module is m for m in self._offloaded)
             module.to(torch.device("cpu") if offloaded else self.device).eval()
+        # speed and size on purpose (approximate): LoRAs merged, few-step defaults, 8-bit
+        specs = [*parse_specs(runtime.lora), *loras]
+        self.loras = apply_loras(fusion, specs)  # every file read and checked before any merge
+        for spec, lora in zip(specs, self.loras, strict=True):
+            logger.info("LoRA %s merged at %g into %s", spec.path, spec.scale, lora.towers)
+        if runtime.fast:
+            self.preset = fast_preset(preset)
         self.fast_path = optimize_pipeline(self, config)
+        if runtime.quantize != "none":
+            quantize_blocks(fusion, runtime.quantize)
+        # one clip on several ranks (model/parallel): None in a single process
+        self.parallel = ParallelRuntime.from_options(runtime)
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -310,7 +381,7 @@ class OviPipeline:
         if preset.random_weights:
             raise ValueError(f"preset {variant!r} has random weights: use OviPipeline.from_preset")
         runtime, device, config = _plan(runtime, transforms, options)
-        files = resolve_files(weights_dir, variant, fp8=runtime.fp8)
+        files = resolve_files(weights_dir, variant, fp8=runtime.fp8, fast=runtime.fast)
         logger.info("loading %s from %s", variant, weights_dir)
         parts = cls._load_components(
             preset,
@@ -321,7 +392,8 @@ class OviPipeline:
             source=lambda role: str(files[role]),
             tokenizer_dir=files["tokenizer"],
         )
-        return cls(preset, *parts, runtime=runtime, transforms=config)
+        loras = [LoraSpec(str(files["fast_lora"]))] if runtime.fast else []
+        return cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
 
     @classmethod
     def from_preset(
@@ -392,9 +464,7 @@ class OviPipeline:
 
     def check_inputs(self, prompt: str, params: SamplingParams) -> None:
         """Raise ValueError naming the first bad value."""
-        if not isinstance(prompt, str):  # an empty prompt is fine, as on fal
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        params.check(self.preset.config.fusion.video.num_layers)
+        check_request(self.preset, prompt, params)
 
     def resolve_size(self, image: Image.Image | None, params: SamplingParams) -> tuple[int, int]:
         """(H, W) in pixels: i2v from the image's aspect ratio, t2v from the requested size."""
@@ -468,14 +538,31 @@ class OviPipeline:
         return latent.to(self.device, self.dtype)
 
     @torch.no_grad()
-    def decode(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, video: torch.Tensor, audio: torch.Tensor, timings: dict[str, float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Latents to uint8 frames and a waveform; `timings` gets `vae_decode` and
+        `audio_decode` seconds (each ends with a copy to the host, so it includes the device)."""
+        clock = time.perf_counter()
         with self._on_device(self.video_vae):  # 8-bit frames piece by piece, straight to host
-            frames = self.video_vae.decode_uint8(video.to(self.dtype), device="cpu")
+            latent = video.to(self.dtype)
+            if self.parallel is None:
+                frames = self.video_vae.decode_uint8(latent, device="cpu")
+            else:  # rows split over the ranks, gathered
+                from .modules.video_vae import to_uint8
+
+                pixels = self.parallel.decode_video(self.video_vae, latent)  # [1, 3, T, H, W]
+                frames = to_uint8(pixels).permute(0, 2, 3, 4, 1).cpu()
         frames_np = frames[0].numpy()  # [T, H, W, 3]
+        vae_done = time.perf_counter()
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
             mel = self.audio_vae.decode(audio.float().transpose(1, 2))  # [1, 80, 2*La]
             waveform = self.vocoder(mel)  # [1, 1, samples]
-        return frames_np, waveform[0, 0].float().cpu().numpy()
+        waveform_np = waveform[0, 0].float().cpu().numpy()
+        if timings is not None:
+            timings["vae_decode"] = vae_done - clock
+            timings["audio_decode"] = time.perf_counter() - vae_done
+        return frames_np, waveform_np
 
     @torch.no_grad()
     def __call__(
@@ -494,6 +581,8 @@ class OviPipeline:
         # 1. inputs and size
         self.check_inputs(prompt, params)
         seed = secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed
+        if self.parallel is not None:
+            seed = self.parallel.shared_seed(seed)
         height, width = self.resolve_size(image, params)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -510,20 +599,28 @@ class OviPipeline:
         timings["image_encode"] = time.perf_counter() - clock
         # 4. denoise
         clock = time.perf_counter()
+        forwards = ForwardCount()
         with self._on_device(self.fusion), self.fusion.clip():  # clip cache: RoPE, text K/V
             video, audio = denoise(
-                self.fusion, video, audio, text_pos, text_vneg, text_aneg, params,
+                self.fusion if self.parallel is None else self.parallel.wrap(self.fusion),
+                video, audio, text_pos, text_vneg, text_aneg, params,
                 first_frame_latent=first_frame, callback=callback, should_cancel=should_cancel,
-                batch_cfg=self.fast_path is not None and self.fast_path.batch_cfg,
+                batch_cfg=self.parallel is not None
+                or (self.fast_path is not None and self.fast_path.batch_cfg),
+                cache_threshold=self.runtime.cache_threshold or None, forwards=forwards,
             )  # fmt: skip
         timings["denoise"] = time.perf_counter() - clock
+        if forwards.skipped:
+            logger.info(
+                "step cache: %d DiT forwards run, %d skipped", forwards.run, forwards.skipped
+            )
         # 5. decode
         clock = time.perf_counter()
-        frames, waveform = self.decode(video, audio)
+        frames, waveform = self.decode(video, audio, timings)
         timings["decode"] = time.perf_counter() - clock
         return OviOutput(
             video=frames, audio=waveform, seed=seed, height=height, width=width,
-            prompt=prompt, timings=timings,
+            prompt=prompt, timings=timings, metrics=forwards.as_metrics(),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------

@@ -142,12 +142,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(data: bytes | str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def _reducible(image: Image.Image) -> Image.Image:
+    """`image` in a mode `Image.reduce` takes (1-bit as 8-bit gray; palette and 16-bit gray as
+    `to_rgb` makes them), keeping its EXIF."""
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    converted = image.convert("L") if image.mode == "1" else to_rgb(image)
+    converted.info = {**image.info, **converted.info}
+    return converted
+
+
+def load_image(
+    data: bytes | str | Path,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    pixel_budget: int | None = None,
+) -> Image.Image:
     """Decode a PNG, JPEG, WebP or GIF (its first frame) into an upright RGB image.
 
     `data` is the encoded file (bytes) or a path to it. EXIF orientation is applied and an
-    alpha channel is dropped, keeping the stored colour (`to_rgb`). Raises `ImageLoadError` naming the problem for empty,
-    unreadable, corrupt, unsupported or oversized (> `max_pixels`) images.
+    alpha channel is dropped, keeping the stored colour (`to_rgb`, as the official release
+    reads images). Raises `ImageLoadError` naming the problem for empty, unreadable, corrupt,
+    unsupported or oversized (> `max_pixels`, read from the header before any pixel is decoded)
+    images.
+
+    With `pixel_budget`, an image with more pixels comes back reduced by an integer factor to
+    at most that many: a JPEG is decoded at 1/2, 1/4 or 1/8 scale directly (DCT scaling), other
+    formats are box-reduced right after decoding. Images within the budget are untouched, so
+    the model's own resize (`preprocess_image`) sees exactly the official pixels for them.
     """
     image = _open(data)
     width, height = image.size
@@ -161,11 +183,32 @@ def load_image(data: bytes | str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) 
     fmt = image.format or "image"
     try:
         image.seek(0)  # animated GIF / WebP: the first frame
+        if pixel_budget is not None and width * height > pixel_budget and fmt == "JPEG":
+            factor = math.sqrt(width * height / pixel_budget)
+            image.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
         image.load()
+        if pixel_budget is not None and image.width * image.height > pixel_budget:
+            factor = math.ceil(math.sqrt(image.width * image.height / pixel_budget))
+            image = _reducible(image).reduce(factor)
         upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(f"corrupt or truncated {fmt} data: {e}") from None
     return to_rgb(upright)
+
+
+def fit_image_bytes(data: bytes, *, max_pixels: int, pixel_budget: int) -> bytes:
+    """Check and bound an encoded image once, where it arrives: `data` itself when it decodes
+    within `pixel_budget` pixels, else the reduced upright RGB image as a PNG (so whoever decodes
+    it next, e.g. a worker, never holds more than the budget). `ImageLoadError` as `load_image`."""
+    source = _open(data)
+    size = source.size
+    source.close()
+    image = load_image(data, max_pixels=max_pixels, pixel_budget=pixel_budget)
+    if image.size == size or image.size == size[::-1]:  # not reduced (maybe EXIF-rotated)
+        return data
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 # -- pixels ------------------------------------------------------------------------------------

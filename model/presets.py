@@ -162,3 +162,20 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+# The few-step mode (`RuntimeOptions.fast`), as Wan2GP runs Ovi with the FastWan LoRA on the
+# video tower: 6 steps (10 for the 10 s variants), guidance 1 on both towers (so the negative
+# pass is skipped entirely), shift 6.
+FAST_STEPS = 6
+FAST_STEPS_10S = 10
+FAST_SHIFT = 6.0
+
+
+def fast_preset(preset: Preset) -> Preset:
+    """`preset` with the few-step sampling defaults (the LoRA is merged by the pipeline)."""
+    steps = FAST_STEPS_10S if preset.video_latent_length >= TEN_SECONDS[0] else FAST_STEPS
+    sampling = preset.sampling.replace(
+        steps=steps, video_guidance_scale=1.0, audio_guidance_scale=1.0, shift=FAST_SHIFT
+    )
+    return replace(preset, sampling=sampling)

@@ -1,6 +1,9 @@
 """Shared route dependencies as `Annotated` aliases: settings, store, storage, the request
 service, auth, URLs and submit options.
 
+They are `async def` although none awaits: FastAPI runs a plain `def` dependency in a worker
+thread, and a submit resolves about a dozen of them (40 thread hops per request, measured).
+
 Everything lives on `app.state` (made by the lifespan in `server.main`), so tests build an app
 with their own settings or store and nothing is a module-level singleton.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -23,19 +27,19 @@ from server.settings import ServerSettings
 from server.storage import Storage
 
 
-def get_app_settings(request: Request) -> ServerSettings:
+async def get_app_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
@@ -83,11 +87,66 @@ def check_api_key(authorization: str | None, keys: list[str]) -> str:
     return key_user_id(matched)
 
 
-def require_api_key(
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a tenant (its key's id) or, with an admin key, someone who sees all."""
+
+    user_id: str
+    admin: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The owner a request must have to be visible to this caller; None: any."""
+        return None if self.admin else self.user_id
+
+
+def authenticate(authorization: str | None, settings: ServerSettings) -> Caller:
+    """The `Caller` behind an `Authorization` header; `UnauthorizedError` for a bad key."""
+    user_id = check_api_key(authorization, settings.all_api_keys)
+    presented = (authorization or "").strip().partition(" ")[2].strip().encode()
+    admin = False
+    for key in settings.admin_api_keys:  # every one compared, as in check_api_key
+        admin |= hmac.compare_digest(presented, key.encode())
+    return Caller(user_id, admin=admin)
+
+
+async def require_caller(
     settings: SettingsDep,
     authorization: Annotated[str | None, Depends(_api_key_header)] = None,
-) -> str:
-    return check_api_key(authorization, settings.api_keys)
+) -> Caller:
+    return authenticate(authorization, settings)
+
+
+CallerDep = Annotated[Caller, Depends(require_caller)]
+
+
+async def optional_caller(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Depends(_api_key_header)] = None,
+) -> Caller | None:
+    """The caller when the request carries a valid key (or no keys are configured), else None:
+    for answers with a public part and details for key holders only (`/health`)."""
+    if not settings.all_api_keys:
+        return Caller("local")
+    try:
+        return authenticate(authorization, settings)
+    except UnauthorizedError:
+        return None
+
+
+OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
+
+# What `/health` tells a caller without a key: the state and the queue sizes, nothing that names
+# a host, a process, a worker or a request.
+PUBLIC_HEALTH_FIELDS = ("status", "queue")
+
+
+def public_health(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k in PUBLIC_HEALTH_FIELDS}
+
+
+async def require_api_key(caller: CallerDep) -> str:
+    return caller.user_id
 
 
 AuthDep = Annotated[str, Depends(require_api_key)]
@@ -135,11 +194,11 @@ def queue_base_url(request: Request, settings: ServerSettings) -> str:
     return base + "/queue"
 
 
-def get_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_base_url(request: Request, settings: SettingsDep) -> str:
     return base_url(request, settings)
 
 
-def get_queue_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_queue_base_url(request: Request, settings: SettingsDep) -> str:
     return queue_base_url(request, settings)
 
 
@@ -150,7 +209,7 @@ QueueBaseUrlDep = Annotated[str, Depends(get_queue_base_url)]
 # --- submit options (query and headers fal's clients send) ---
 
 
-def get_submit_options(
+async def get_submit_options(
     fal_webhook: Annotated[
         str | None, Query(description="URL to POST the result to when the request completes.")
     ] = None,
@@ -183,7 +242,9 @@ def get_submit_options(
 SubmitOptionsDep = Annotated[SubmitOptions, Depends(get_submit_options)]
 
 
-def get_submission(options: SubmitOptionsDep, user_id: AuthDep, base: BaseUrlDep) -> Submission:
+async def get_submission(
+    options: SubmitOptionsDep, user_id: AuthDep, base: BaseUrlDep
+) -> Submission:
     return Submission(options=options, user_id=user_id, base_url=base)
 
 

@@ -28,6 +28,7 @@ from server.jobs.errors import (
     JobNotFoundError,
     JobStoreError,
     QueueFullError,
+    StoreUnavailableError,
 )
 
 
@@ -121,6 +122,27 @@ class BackPressureError(
     """The queue is full: both fal clients retry 429 with backoff."""
 
 
+class InsufficientStorageError(
+    FalError,
+    status=507,
+    error_type="insufficient_storage",
+    detail="The server's disk is full; retry later",
+    headers={"Retry-After": "60"},
+):
+    """The data directory (or the job store's file) has no room: nothing was queued."""
+
+
+class ServiceUnavailableError(
+    FalError,
+    status=503,
+    error_type="service_unavailable",
+    detail="The service is unavailable; retry shortly",
+):
+    """Nothing can take the request now: the job store cannot be reached (a Redis restart) or
+    fails, or no worker can run requests (see `/health` for why). Nothing was queued; both fal
+    clients retry 503. `Retry-After` is the `retry_after_s` setting unless set here."""
+
+
 class BadRequestError(FalError, status=400, error_type="bad_request", detail="Bad request"):
     """A malformed request that is not a body validation error (e.g. a bad timeout header)."""
 
@@ -168,19 +190,24 @@ class RangeNotSatisfiableError(FalError, status=416, error_type="range_not_satis
         super().__init__(headers={"Content-Range": f"bytes */{size}"})
 
 
+# error_type of Starlette's and FastAPI's own refusals, by status.
+PLAIN_ERROR_TYPES = {
+    400: "bad_request",  # e.g. a body that is not JSON (invalid UTF-8, nesting too deep)
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_body_timeout",
+    413: "request_too_large",
+}
+
+
 class PlainHTTPError(FalError):
-    """Starlette's own refusals (404 for an unknown path, 405, ...), answered as Starlette does:
-    `{"detail": ...}` and the exception's headers."""
+    """Starlette's own refusals (404 for an unknown path, 405, a body that is not JSON, ...):
+    their `detail` and headers, plus an `error_type` like every other error answer."""
 
     def __init__(self, status_code: int, detail: Any, headers: dict[str, str] | None) -> None:
         self.status_code = status_code
+        self.error_type = PLAIN_ERROR_TYPES.get(status_code, "http_error")
         super().__init__(detail, headers=headers)
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail}
-
-    def headers(self) -> dict[str, str]:
-        return dict(self.extra_headers)
 
 
 class JobFailedError(FalError):
@@ -242,6 +269,7 @@ STORE_ERRORS: dict[type[JobStoreError], type[FalError]] = {
     JobNotFoundError: RequestNotFoundError,
     JobAlreadyCompletedError: AlreadyCompletedError,
     QueueFullError: BackPressureError,
+    StoreUnavailableError: ServiceUnavailableError,
 }
 
 
@@ -249,6 +277,10 @@ def fal_error(exc: Exception) -> FalError:
     """The HTTP answer for anything raised while serving a request (500 for the unexpected)."""
     if isinstance(exc, FalError):
         return exc
+    if isinstance(exc, StoreUnavailableError):
+        return ServiceUnavailableError(  # a restart of the store: retry soon
+            "The job store is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, JobStoreError):
         for store_error, http_error in STORE_ERRORS.items():
             if isinstance(exc, store_error):

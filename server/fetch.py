@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -26,7 +28,15 @@ from typing import Any
 
 import httpx
 
-from server.storage import FILES_PREFIX, PUBLIC_KINDS, Storage, key_from_path, read_all
+from server.storage import (
+    FILES_PREFIX,
+    PUBLIC_KINDS,
+    Storage,
+    file_owner_tag,
+    key_from_path,
+    owner_tag,
+    read_all,
+)
 
 DATA_URI_MAX_BYTES = 10 * 1024 * 1024  # fal's cap on data URIs, decoded
 USER_AGENT = "ovi-server (image fetch)"
@@ -385,12 +395,15 @@ async def _get_once(
 # --- the entry point ---
 
 
-def _stored_upload(url: str, storage: Storage | None, settings: Any) -> bytes | None:
+def _stored_upload(
+    url: str, storage: Storage | None, settings: Any, owner: str | None = None
+) -> bytes | None:
     """Bytes of one of our own stored files named by ``url``, without an HTTP round trip.
 
     A ``/files/{key}`` path whose file exists is ours: ids are 128-bit random, so a foreign server
     cannot collide by accident, and knowing an id already grants reading it over HTTP. A URL on
-    our own public base that names a missing file fails here with a clear reason.
+    our own public base that names a missing file fails here with a clear reason. With `owner`
+    (when `files_require_key` is on) another key's file is refused as `/files` refuses it.
     """
     if storage is None:
         return None
@@ -402,6 +415,12 @@ def _stored_upload(url: str, storage: Storage | None, settings: Any) -> bytes | 
     if not path.startswith(FILES_PREFIX + "/"):
         return None
     key = key_from_path(path)
+    if (
+        key is not None
+        and owner is not None
+        and file_owner_tag(key.split("/")[1]) != owner_tag(owner)
+    ):
+        raise ValueError("stored file not found (expired, never uploaded, or another key's)")
     try:
         if key is None or not key.startswith(PUBLIC_KINDS):
             raise FileNotFoundError(path)
@@ -413,7 +432,9 @@ def _stored_upload(url: str, storage: Storage | None, settings: Any) -> bytes | 
         return None
 
 
-async def load_image_bytes(url: str, settings: Any, *, storage: Storage | None = None) -> bytes:
+async def load_image_bytes(
+    url: str, settings: Any, *, storage: Storage | None = None, owner: str | None = None
+) -> bytes:
     """The raw bytes behind ``url`` (no decoding); raise :class:`ImageInputError`."""
     if not isinstance(url, str) or not url.strip():
         raise ImageInputError(str(url), "empty URL")
@@ -426,7 +447,7 @@ async def load_image_bytes(url: str, settings: Any, *, storage: Storage | None =
             raise ValueError(
                 f"unsupported URL scheme {scheme or '(none)'!r}; use http, https or data"
             )
-        local = _stored_upload(url, storage, settings)
+        local = _stored_upload(url, storage, settings, owner)
         if local is not None:
             return local
         return await fetch_url_bytes(
@@ -436,16 +457,34 @@ async def load_image_bytes(url: str, settings: Any, *, storage: Storage | None =
         raise ImageInputError(url, str(e)) from None
 
 
-async def load_image_input(url: str, settings: Any, *, storage: Storage | None = None) -> bytes:
+async def load_image_input(
+    url: str,
+    settings: Any,
+    *,
+    storage: Storage | None = None,
+    slots: asyncio.Semaphore | None = None,
+    owner: str | None = None,
+) -> bytes:
     """Load ``image_url`` (data URI, our stored upload, or http/https) and check it is an image.
 
-    Returns the encoded bytes after ``model.preprocess.load_image`` decoded them successfully.
+    The decode is bounded: the size is read from the header and refused over
+    ``settings.image_max_pixels`` before any pixel is decoded, a larger-than-needed image is
+    reduced to ``settings.image_pixel_budget`` pixels while decoding, and at most as many images
+    decode at once as ``slots`` admits (the download is not held to it). Returns the encoded
+    bytes, or the reduced image as a PNG when it was over the budget (`fit_image_bytes`), so
+    the worker decodes at most the budget again.
     """
-    data = await load_image_bytes(url, settings, storage=storage)
-    from model.preprocess import ImageLoadError, load_image  # lazy: keeps torch out of imports
+    data = await load_image_bytes(url, settings, storage=storage, owner=owner)
+    from model.preprocess import ImageLoadError, fit_image_bytes  # lazy: keeps torch out
 
+    fit = functools.partial(
+        fit_image_bytes,
+        data,
+        max_pixels=getattr(settings, "image_max_pixels", 16_000_000),
+        pixel_budget=getattr(settings, "image_pixel_budget", 4_194_304),
+    )
     try:
-        await asyncio.get_running_loop().run_in_executor(None, load_image, data)
+        async with slots or contextlib.nullcontext():
+            return await asyncio.get_running_loop().run_in_executor(None, fit)
     except ImageLoadError as e:
         raise ImageInputError(url, f"not a readable image: {e}") from None
-    return data

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from anyio import to_thread
 
 from server.jobs.base import JobStore
+from server.readiness import Faults
 from server.serving import webhook_message
 from server.settings import ServerSettings
 from server.storage import Storage
@@ -37,12 +38,14 @@ class Maintenance:
         *,
         webhooks: WebhookDispatcher | None = None,
         supervisor: WorkerSupervisor | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         self.webhooks = webhooks
         self.supervisor = supervisor
+        self.faults = faults or Faults()
         self._last_sweep = 0.0
 
     @property
@@ -90,6 +93,10 @@ class Maintenance:
         while True:
             try:
                 await to_thread.run_sync(self.tick)
-            except Exception:
-                log.exception("maintenance tick failed")
+            except Exception as exc:  # e.g. a full disk: reported in /health, retried
+                log.warning("maintenance tick failed: %s: %s", type(exc).__name__, exc)
+                self.faults.report("maintenance", exc)
+            else:  # the store answers again: faults noted by earlier writes are over
+                self.faults.clear("maintenance")
+                self.faults.clear("job store")
             await asyncio.sleep(interval_s)

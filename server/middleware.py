@@ -1,7 +1,12 @@
-"""The API's ASGI middleware: fal's `queue.` host at the root, a body-size cap, and CORS that
-admits fal's `x-fal-*` headers. `add_middleware(app, settings)` installs them in order."""
+"""The API's ASGI middleware: fal's queue hosts at the root, a body-size cap, a body read
+timeout, the headers every error answer carries, and CORS that admits fal's `x-fal-*` headers.
+`add_middleware(app, settings)` installs them in order."""
 
 from __future__ import annotations
+
+import asyncio
+import re
+import uuid
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
@@ -11,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import RequestTooLargeError, error_response
+from server.fal_hosts import host_role
 from server.settings import ServerSettings
 
 # Paths that stay at the root on a `queue.` host (everything else gets the /queue prefix).
@@ -28,8 +34,10 @@ _ROOT_PATHS = (
 
 
 class QueueHostMiddleware:
-    """Serve the queue API at the root for requests whose Host starts with `queue.`, like
-    queue.fal.run: `POST /fal-ai/ovi` there is `POST /queue/fal-ai/ovi` here."""
+    """Route by `Host`: the queue API at the root for fal's queue hosts (`server.fal_hosts`) and
+    any host starting with `queue.`, like queue.fal.run: `POST /fal-ai/ovi` there is
+    `POST /queue/fal-ai/ovi` here. fal's other hosts (fal.run, rest.fal.ai, v3.fal.media) are
+    served by the routes at the root as they are."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -39,7 +47,7 @@ class QueueHostMiddleware:
             host = Headers(scope=scope).get("host", "")
             path: str = scope["path"]
             if (
-                host.lower().startswith("queue.")
+                (host.lower().startswith("queue.") or host_role(host) == "queue")
                 and not path.startswith("/queue/")
                 and not path.startswith(_ROOT_PATHS)
             ):
@@ -88,6 +96,72 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+class BodyTimeoutMiddleware:
+    """408 when a request body stalls: each piece of it must arrive within `timeout_s` (a client
+    that declares `Content-Length: 1000` and sends 15 bytes no longer holds a connection for
+    ever). Once the body is complete, `receive` is passed through untouched (streaming answers
+    wait on it for the disconnect)."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:  # FastAPI re-raises HTTPException as is
+                detail = BODY_TIMEOUT.format(self.timeout_s)
+                raise HTTPException(408, detail, headers={"Connection": "close"}) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+BODY_TIMEOUT = "Request body not received in time: no data for {:g} s"
+_REQUEST_ID_IN_PATH = re.compile(r"/requests/([^/]+)")
+
+
+class FalHeadersMiddleware:
+    """Headers every error answer carries, whoever wrote it (a route, FastAPI, Starlette):
+    `x-fal-request-id` (the id in the path, else a fresh one) and, on 429 and 503,
+    `Retry-After`, so clients back off instead of hammering."""
+
+    def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
+        self.app = app
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if b"x-fal-request-id" not in names:
+                    found = _REQUEST_ID_IN_PATH.search(scope.get("path", ""))
+                    request_id = found.group(1) if found else str(uuid.uuid4())
+                    headers.append((b"x-fal-request-id", request_id.encode("latin-1", "replace")))
+                if message["status"] in (429, 503) and b"retry-after" not in names:
+                    headers.append((b"retry-after", self.retry_after))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class FalCORSMiddleware(CORSMiddleware):
     """CORS that also allows any `x-fal-*` request header (fal's clients add new ones)."""
 
@@ -111,13 +185,20 @@ class FalCORSMiddleware(CORSMiddleware):
 
 
 CORS_ALLOW_HEADERS = ["authorization", "content-type", "accept", "x-fal-target-url"]
-CORS_EXPOSE_HEADERS = ["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"]
+CORS_EXPOSE_HEADERS = [
+    "x-fal-request-id",
+    "x-fal-error-type",
+    "x-fal-request-timeout-type",
+    "retry-after",
+]
 
 
 def add_middleware(app: FastAPI, settings: ServerSettings) -> None:
     """Install the middleware, innermost first: the body cap inside CORS (so browsers can read
     its 413), the queue-host rewrite outermost."""
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_read_timeout_s)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(FalHeadersMiddleware, retry_after_s=settings.retry_after_s)
     app.add_middleware(
         FalCORSMiddleware,
         allow_origins=settings.cors_origins,

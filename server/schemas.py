@@ -236,9 +236,17 @@ class ValidationErrorBody(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    status: Literal["warming", "ready"]
-    model: str = Field(..., description="Variant or preset the workers load.")
-    workers: list[dict[str, Any]] = Field(default_factory=list)
+    status: Literal["ready", "degraded", "warming", "failed"]
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="Why the state is `degraded` or `failed` (with a valid key only).",
+    )
+    model: str | None = Field(
+        None, description="Variant or preset the workers load (with a valid key only)."
+    )
+    workers: list[dict[str, Any]] = Field(
+        default_factory=list, description="Live workers (with a valid key only)."
+    )
     queue: dict[str, int] = Field(default_factory=dict)
 
 

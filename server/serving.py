@@ -11,28 +11,46 @@ path of returned error values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import to_thread
 from pydantic import BaseModel
 
 from server.errors import (
     USER_TIMEOUT,
+    FalError,
     InputValidationError,
+    InsufficientStorageError,
     JobFailedError,
     RequestInProgressError,
+    ServiceUnavailableError,
 )
 from server.fetch import UrlPolicy, load_image_input
-from server.jobs import Job, JobAlreadyCompletedError, JobError, JobStatus, JobStore, NewJob
+from server.jobs import (
+    Job,
+    JobAlreadyCompletedError,
+    JobError,
+    JobNotFoundError,
+    JobStatus,
+    JobStore,
+    NewJob,
+)
 from server.jobs.base import CANCELLED, Priority
+from server.jobs.errors import JobStoreError, StoreUnavailableError
+from server.readiness import Faults, Readiness, assess, is_disk_full
 from server.schemas import QUEUE_APP, OviImageToVideoInput
 from server.settings import ServerSettings
 from server.storage import Storage
 from server.webhooks import check_webhook_url
+
+if TYPE_CHECKING:
+    from server.supervisor import WorkerSupervisor
 
 Disconnected = Callable[[], Awaitable[bool]]
 
@@ -131,17 +149,72 @@ def request_urls(queue_base: str, request_id: str) -> dict[str, str]:
 class Serving:
     """The fal request logic over one job store and one storage."""
 
-    def __init__(self, settings: ServerSettings, store: JobStore, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: JobStore,
+        storage: Storage,
+        *,
+        faults: Faults | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
+        # Images decoded at once: the decode pool's bound (waiting ones hold only their bytes).
+        self.decode_slots = asyncio.Semaphore(settings.image_decode_concurrency)
+        self.faults = faults or Faults()
+        self.supervisor: WorkerSupervisor | None = None  # set by the lifespan once started
+        self._readiness: tuple[float, Readiness] | None = None
+
+    def readiness(self) -> Readiness:
+        """`server.readiness.assess` for this server. Blocking: call it from a thread."""
+        return assess(self.settings, self.store, supervisor=self.supervisor, faults=self.faults)
+
+    async def admit(self) -> None:
+        """Refuse a submit that cannot be served: 507 on a full disk, 503 while nothing can run
+        jobs (the state is re-read at most once a second)."""
+        now = time.monotonic()
+        if self._readiness is None or now - self._readiness[0] > 1.0:
+            self._readiness = (now, await self._call(self.readiness))
+        readiness = self._readiness[1]
+        if readiness.disk_full:
+            raise InsufficientStorageError(readiness.reasons[0] if readiness.reasons else None)
+        if readiness.store_unavailable:  # a restart of the store: retry soon
+            raise StoreUnavailableError(message="; ".join(readiness.reasons))
+        if not readiness.can_run_jobs:
+            raise ServiceUnavailableError(
+                "No worker can run requests now: " + "; ".join(readiness.reasons)
+            )
+
+    def refusal(self, exc: Exception, duty: str) -> Exception:
+        """What a store or storage failure during a submit is answered with: 507 for a full
+        disk, 503 for a failing store (the fault is noted for `/health`); others as they are."""
+        if isinstance(exc, (FalError, JobStoreError)):
+            return exc
+        if is_disk_full(exc):
+            self.faults.report(duty, exc)
+            self._readiness = None
+            return InsufficientStorageError(f"The server's disk is full ({exc}); retry later")
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            self.faults.report(duty, exc)
+            return ServiceUnavailableError(f"The job store failed ({type(exc).__name__}: {exc})")
+        return exc
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store or storage call, off the event loop."""
         return await to_thread.run_sync(fn, *args)
 
-    async def get(self, request_id: str) -> Job:
-        return await self._call(self.store.get, request_id)
+    def _visible(self, request_id: str, owner: str | None, *, with_input: bool = False) -> Job:
+        """The job if `owner` (None: anyone, for admins) submitted it; else `JobNotFoundError`,
+        exactly as for an unknown id, so another tenant learns nothing. Blocking."""
+        job = self.store.get(request_id, with_input=with_input)
+        if owner is not None and job.user_id != owner:
+            raise JobNotFoundError(request_id)
+        return job
+
+    async def get(self, request_id: str, owner: str | None = None) -> Job:
+        """The job (without its input) as `owner` may see it."""
+        return await self._call(self._visible, request_id, owner)
 
     # --- submit ---
 
@@ -152,23 +225,31 @@ class Serving:
         enters the queue; it is saved to the storage and the job keeps its key.
         """
         settings, options = self.settings, submission.options
+        if options.webhook_url:
+            await self._check_webhook(options.webhook_url)
+        await self.admit()
         image = None
         if isinstance(body, OviImageToVideoInput):
-            image = await load_image_input(body.image_url, settings, storage=self.storage)
-        if options.webhook_url:
-            try:
-                check_webhook_url(options.webhook_url, UrlPolicy.from_settings(settings))
-            except ValueError as e:
-                raise InputValidationError.for_field(
-                    "fal_webhook", str(e), location="query"
-                ) from None
+            image = await load_image_input(
+                body.image_url,
+                settings,
+                storage=self.storage,
+                slots=self.decode_slots,
+                owner=submission.user_id if settings.files_require_key else None,
+            )
         input_files: dict[str, str] = {}
         if image is not None:
-            saved = await self._call(
-                lambda: self.storage.save(
-                    image, kind="inputs", content_type="application/octet-stream", file_name="image"
+            try:
+                saved = await self._call(
+                    lambda: self.storage.save(
+                        image,
+                        kind="inputs",
+                        content_type="application/octet-stream",
+                        file_name="image",
+                    )
                 )
-            )
+            except Exception as exc:
+                raise self.refusal(exc, "storage") from exc
             input_files["image"] = saved.key
         new = NewJob(
             app=app_id,
@@ -181,13 +262,34 @@ class Serving:
             user_id=submission.user_id,
         )
         try:
-            return await self._call(
+            job = await self._call(
                 lambda: self.store.submit(new, max_queue_size=settings.max_queue_size)
             )
-        except Exception:  # refused (e.g. the queue is full): leave nothing behind
+        except Exception as exc:  # refused (e.g. the queue is full): leave nothing behind
             for key in input_files.values():
-                await self._call(self.storage.delete, key)
-            raise
+                with contextlib.suppress(Exception):
+                    await self._call(self.storage.delete, key)
+            raise self.refusal(exc, "job store") from exc
+        self.faults.clear("job store")
+        return job
+
+    async def _check_webhook(self, url: str) -> None:
+        """Refuse a `fal_webhook` that can never be delivered: its host is resolved now (within
+        `fetch_connect_timeout_s`), so `localhost`, `2130706433` or a name pointing inside are
+        a 422 at submit, not two hours of refused deliveries."""
+        policy = UrlPolicy.from_settings(self.settings)
+        timeout = self.settings.fetch_connect_timeout_s
+        loop = asyncio.get_running_loop()
+        check = loop.run_in_executor(None, lambda: check_webhook_url(url, policy, resolve=True))
+        try:
+            await asyncio.wait_for(check, timeout)
+        except ValueError as e:
+            reason = str(e)
+        except asyncio.TimeoutError:
+            reason = f"invalid webhook URL: its host did not resolve within {timeout:g} s"
+        else:
+            return
+        raise InputValidationError.for_field("fal_webhook", reason, location="query")
 
     async def submitted(self, job: Job, queue_base: str) -> dict[str, Any]:
         """The queue's answer to a submit."""
@@ -207,13 +309,13 @@ class Serving:
     # --- status ---
 
     def status_snapshot(
-        self, request_id: str, queue_base: str, *, with_logs: bool
+        self, request_id: str, queue_base: str, *, with_logs: bool, owner: str | None = None
     ) -> tuple[Job, dict[str, Any]]:
-        """One consistent status body (the job re-read if it left the queue between two reads).
-        Blocking: call it from a thread."""
+        """One consistent status body (the job re-read if it left the queue between two reads);
+        the stored input is not read. Blocking: call it from a thread."""
         store = self.store
         for _ in range(3):
-            job = store.get(request_id)
+            job = self._visible(request_id, owner)
             position = (
                 store.queue_position(request_id) if job.status is JobStatus.IN_QUEUE else None
             )
@@ -234,14 +336,20 @@ class Serving:
         return job, body
 
     async def status(
-        self, request_id: str, queue_base: str, *, with_logs: bool
+        self, request_id: str, queue_base: str, *, with_logs: bool, owner: str | None = None
     ) -> tuple[Job, dict[str, Any]]:
         return await to_thread.run_sync(
-            lambda: self.status_snapshot(request_id, queue_base, with_logs=with_logs)
+            lambda: self.status_snapshot(request_id, queue_base, with_logs=with_logs, owner=owner)
         )
 
     async def status_events(
-        self, request_id: str, queue_base: str, *, with_logs: bool, disconnected: Disconnected
+        self,
+        request_id: str,
+        queue_base: str,
+        *,
+        with_logs: bool,
+        disconnected: Disconnected,
+        owner: str | None = None,
     ) -> AsyncIterator[str]:
         """Server-sent events: one status object per `data:` line whenever it changes, a `: ping`
         comment when quiet, until COMPLETED or the client leaves (checked every poll interval).
@@ -251,7 +359,9 @@ class Serving:
         settings = self.settings
 
         def snapshot(sent_logs: int) -> tuple[Job, dict[str, Any], list[dict[str, str]]]:
-            current, body = self.status_snapshot(request_id, queue_base, with_logs=False)
+            current, body = self.status_snapshot(
+                request_id, queue_base, with_logs=False, owner=owner
+            )
             entries = self.store.logs(request_id, since=sent_logs) if with_logs else []
             return current, body, [e.to_dict() for e in entries]  # logs after status: none lost
 
@@ -278,16 +388,23 @@ class Serving:
 
     # --- result and cancel ---
 
-    async def result(self, request_id: str, base: str) -> tuple[Job, dict[str, Any]]:
+    async def result(
+        self, request_id: str, base: str, owner: str | None = None
+    ) -> tuple[Job, dict[str, Any]]:
         """The output once COMPLETED; 400 before; a failed request raises its stored error."""
-        job = await self.get(request_id)
+        job = await self.get(request_id, owner)
         if not job.done:
             raise RequestInProgressError(request_id=job.id)
         return job, job_output(job, base)
 
-    async def cancel(self, request_id: str) -> Job:
+    async def cancel(self, request_id: str, owner: str | None = None) -> Job:
         """A queued job completes as cancelled; a running one stops between denoising steps."""
-        return await self._call(self.store.cancel, request_id)
+
+        def cancel() -> Job:
+            self._visible(request_id, owner)
+            return self.store.cancel(request_id)
+
+        return await self._call(cancel)
 
     # --- sync API ---
 

@@ -17,7 +17,7 @@ import os
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -114,6 +114,16 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     allow_unauthenticated: bool = Field(
         False, description="Allow binding a non-loopback host with no API keys configured."
     )
+    admin_api_keys: StrList = Field(
+        default_factory=list,
+        description="Keys that see every tenant's requests and the /health details (each API"
+        " key is a tenant: it sees only the requests it submitted).",
+    )
+    files_require_key: bool = Field(
+        False,
+        description="Serve /files only to the owner's key (or an admin key); default: a file"
+        " URL is an unguessable capability, readable without a key.",
+    )
 
     # --- data ---
     data_dir: Path = Field(
@@ -133,10 +143,21 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     output_retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Outputs, uploads and finished jobs live this long."
     )
+    s3_presign: bool = Field(
+        False,
+        description="With s3:// storage, hand out pre-signed URLs on the store instead of"
+        " /files/ URLs served by the API.",
+    )
 
     # --- queue and workers ---
     workers: int = Field(
         1, ge=0, description="Worker processes (one per GPU); 0 = API only, workers run elsewhere."
+    )
+    gpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="GPUs per worker for one clip on several GPUs (--cfg-parallel/--sp): worker"
+        " i uses GPUs [i*K, i*K + K); None: as many as the layout needs.",
     )
     max_queue_size: int = Field(1000, ge=1, description="Queued requests before 429.")
     max_attempts: int = Field(
@@ -153,7 +174,34 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On shutdown, how long a running job may take to stop."
     )
+    drain_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long a running job may go on to finish before it is"
+        " released back to the queue at its next step (0: released at once).",
+    )
+    min_free_disk_mb: float = Field(
+        64.0,
+        ge=0,
+        description="Below this much free space in data_dir, submits answer 507 and /health"
+        " says degraded.",
+    )
     log_level: str = Field("info")
+    log_format: Literal["plain", "json"] = Field(
+        "plain", description="`json`: one JSON object per log line (request id, phase, duration)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="`ovi worker` only: also serve its Prometheus metrics on this port.",
+    )
+    previews: int = Field(
+        8,
+        ge=0,
+        description="Preview images per clip while it denoises (a latent-to-RGB sketch of the"
+        " current estimate, linked from the request's logs; the playground shows them); 0 = none.",
+    )
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)
@@ -178,9 +226,39 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     webhook_max_delay_s: float = Field(3600.0, gt=0, description="Cap on one retry wait.")
     webhook_timeout_s: float = Field(15.0, gt=0, description="Per-delivery HTTP timeout.")
 
+    # --- bounded request costs ---
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (then 408)."
+    )
+    image_max_pixels: int = Field(
+        16_000_000,
+        gt=0,
+        description="Largest image_url accepted (width x height, read from the header before"
+        " any pixel is decoded).",
+    )
+    image_pixel_budget: int = Field(
+        4_194_304,
+        gt=0,
+        description="Decoded size of an image_url: larger images are reduced while decoding"
+        " (JPEG draft) or right after (integer box reduce) to at most this many pixels.",
+    )
+    image_decode_concurrency: int = Field(
+        2, ge=1, description="Images decoded at once in the API process (the rest wait)."
+    )
+    retry_after_s: int = Field(
+        5, ge=1, description="`Retry-After` seconds on 429 (queue full) and 503 answers."
+    )
+
     # --- end inputs, storage, webhooks, TLS ---
 
-    @field_validator("trusted_proxies", "cors_origins", "api_keys", "url_allowlist", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "cors_origins",
+        "api_keys",
+        "admin_api_keys",
+        "url_allowlist",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -190,6 +268,17 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not key.strip():
+                raise ValueError(
+                    "an API key is empty (an unset shell variable?): give --api-key a value,"
+                    " or leave it out to serve loopback without keys"
+                )
         return value
 
     @field_validator("trusted_proxies")
@@ -230,7 +319,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     @model_validator(mode="after")
     def _check_tls_pair(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
+            raise ValueError(
+                "--tls-cert and --tls-key (tls_cert, tls_key) go together: give both, e.g."
+                " --tls-cert tls/server.pem --tls-key tls/server-key.pem after"
+                " `ovi tls init tls`, or neither to serve plain http"
+            )
         return self
 
     @classmethod
@@ -251,7 +344,10 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     @property
     def storage_url(self) -> str:
-        return self.storage or (self.data_dir / "files").absolute().as_uri()
+        url = self.storage or (self.data_dir / "files").absolute().as_uri()
+        if self.s3_presign and url.startswith("s3://") and "presign=" not in url:
+            url += ("&" if "?" in url else "?") + "presign=1"
+        return url
 
     @property
     def tmp_dir(self) -> Path:
@@ -269,12 +365,17 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
     def runtime(self) -> RuntimeOptions:
         return RuntimeOptions.from_mapping(self.__dict__)  # the generated fields, by name
 
+    @property
+    def all_api_keys(self) -> list[str]:
+        """Every accepted key: the tenants' and the admins'."""
+        return [*self.api_keys, *self.admin_api_keys]
+
     def is_loopback_host(self) -> bool:
         return is_loopback_host(self.host)
 
     def check_bind_policy(self) -> None:
         """Refuse an open, key-less server: no keys means loopback only unless told otherwise."""
-        if not self.api_keys and not self.allow_unauthenticated and not self.is_loopback_host():
+        if not self.all_api_keys and not self.allow_unauthenticated and not self.is_loopback_host():
             raise ValueError(
                 f"refusing to serve {self.host} without API keys: set OVI_API_KEYS (or --api-key),"
                 " bind a loopback address, or pass --allow-unauthenticated"

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from server.fal_hosts import FAL_HOSTS
+
 DEFAULT_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 CA_VALIDITY = dt.timedelta(days=3650)
 # 825 days is the longest lifetime Apple platforms accept for a TLS server certificate.
@@ -151,16 +153,20 @@ def _builder(
     )
 
 
-def init_tls(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> TLSFiles:
+def init_tls(
+    directory: str | os.PathLike[str], names: Sequence[str] = (), *, fal_hosts: bool = False
+) -> TLSFiles:
     """Create (or refresh) the local CA, a server certificate and a CA bundle in ``directory``.
 
     ``names`` adds DNS names or IP addresses to the server certificate's SAN, beyond the defaults
-    ``localhost``, ``127.0.0.1`` and ``::1``. An existing CA is reused, so clients that already
-    trust it keep working; the server certificate and bundle are always rewritten.
+    ``localhost``, ``127.0.0.1`` and ``::1``; ``fal_hosts`` adds every host fal's clients call
+    (``server.fal_hosts.FAL_HOSTS``: fal.run, queue.fal.run, rest.fal.ai, ...), for the zero-change
+    drop-in of docs/drop-in.md. An existing CA is reused, so clients that already trust it keep
+    working; the server certificate and bundle are always rewritten.
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    dns, ips = _parse_names(names)
+    dns, ips = _parse_names([*names, *(FAL_HOSTS if fal_hosts else ())])
     now = dt.datetime.now(dt.timezone.utc)
     ca_cert, ca_key = _load_or_make_ca(root, now)
 

@@ -313,6 +313,8 @@ class WebhookDispatcher:
         self._inflight = 0
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Told each attempt's result: "delivered", "retry" or "failed" (server.metrics).
+        self.observer: Callable[[str], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, store: JobStore) -> WebhookDispatcher:
@@ -437,6 +439,8 @@ class WebhookDispatcher:
         finally:
             with self._lock:
                 self._inflight -= 1
+        if self.observer is not None:
+            self.observer("delivered" if error is None else "failed" if final else "retry")
         if error is None:
             log.info("webhook for %s delivered (attempt %d)", delivery.request_id, attempts)
         elif final:

@@ -299,6 +299,10 @@ class SelfAttention(FusableProjections):
     """Multi-head self-attention with q/k RMS norms (over the full width) and RoPE."""
 
     FUSIONS = {"qkv": ("q", "k", "v")}
+    # The attention over the (possibly distributed) token sequence: None is the local
+    # `attention`; `model/parallel` sets a Ulysses all-to-all (self-attention) or a gather of
+    # the shorter stream (fusion attention) for one forward. Same signature as `attention`.
+    attend: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -323,7 +327,7 @@ class SelfAttention(FusableProjections):
         q = rope_apply(self._heads(self.norm_q(q)), rope)  # [B, L, N, d]
         k = rope_apply(self._heads(self.norm_k(k)), rope)
         # attention, then 1.'s projection out
-        return self.o(attention(q, k, self._heads(v)).flatten(2))
+        return self.o((self.attend or attention)(q, k, self._heads(v)).flatten(2))
 
 
 class FusionCrossAttention(SelfAttention):
@@ -375,7 +379,8 @@ class FusionCrossAttention(SelfAttention):
         y = self.pre_attn_norm_fusion(target).to(x.dtype)  # [B, Lo, Do]
         k2, v2 = self.project("kv_fusion", y)  # [B, Lo, D] each
         k2 = rope_apply(self._heads(self.norm_k_fusion(k2)), target_rope)  # [B, Lo, N, d]
-        x_fused = attention(rope_apply(q, rope), k2, self._heads(v2))  # [B, L, N, d]
+        attend = self.attend or attention
+        x_fused = attend(rope_apply(q, rope), k2, self._heads(v2))  # [B, L, N, d]
         # 1.'s output projection of the sum
         return self.o((x_text + x_fused).flatten(2))
 

@@ -26,6 +26,7 @@ from server.jobs.errors import (
     JobNotFoundError,
     JobStoreError,
     QueueFullError,
+    StoreUnavailableError,
 )
 from server.jobs.sqlite import SqliteJobStore
 
@@ -44,6 +45,7 @@ __all__ = [
     "Outcome",
     "QueueFullError",
     "SqliteJobStore",
+    "StoreUnavailableError",
     "WorkerInfo",
     "open_store",
     "sqlite_path",
@@ -62,8 +64,17 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-BACKENDS: dict[str, Callable[[str], JobStore]] = {
-    "sqlite": lambda url: SqliteJobStore(sqlite_path(url)),
+def _redis(url: str, **options: float) -> JobStore:
+    from server.jobs.redis import RedisJobStore  # the redis client loads only when used
+
+    return RedisJobStore(url, **options)
+
+
+# Each backend: URL plus options (`retry_s`: how long a lost connection is retried before
+# `StoreUnavailableError`; backends that never lose a connection ignore it).
+BACKENDS: dict[str, Callable[..., JobStore]] = {
+    "sqlite": lambda url, **_: SqliteJobStore(sqlite_path(url)),
+    "redis": _redis,
 }
 
 
@@ -77,9 +88,16 @@ def check_store_url(url: str) -> str:
         )
     if scheme == "sqlite":
         sqlite_path(url)
+    if scheme == "redis":
+        from server.jobs.redis import parse_redis_url
+
+        parse_redis_url(url)
     return url
 
 
-def open_store(url: str) -> JobStore:
-    """Open the job store `url` names, e.g. `sqlite:///data/jobs.sqlite3` (the default)."""
-    return BACKENDS[urlsplit(check_store_url(url)).scheme](url)
+def open_store(url: str, *, retry_s: float | None = None) -> JobStore:
+    """Open the job store `url` names, e.g. `sqlite:///data/jobs.sqlite3` (the default) or
+    `redis://127.0.0.1:6379/0`. `retry_s`: how long a lost connection is retried before
+    `StoreUnavailableError` (the API answers fast with 503; workers wait longer)."""
+    options = {} if retry_s is None else {"retry_s": retry_s}
+    return BACKENDS[urlsplit(check_store_url(url)).scheme](url, **options)

@@ -152,9 +152,12 @@ class WorkerInfo:
     job_id: str | None = None
     detail: str = ""
     started_at: float = 0.0
+    # The worker's Prometheus registry at its last heartbeat (`server.metrics.snapshot`).
+    metrics: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        shown = {k: v for k, v in asdict(self).items() if k not in ("heartbeat_at", "started_at")}
+        hidden = ("heartbeat_at", "started_at", "metrics")
+        shown = {k: v for k, v in asdict(self).items() if k not in hidden}
         return {**shown, "heartbeat_at": iso_timestamp(self.heartbeat_at)}
 
 
@@ -181,8 +184,9 @@ class JobStore(Protocol):
         """Store a new IN_QUEUE job; `QueueFullError` when `max_queue_size` are waiting."""
         ...
 
-    def get(self, request_id: str) -> Job:
-        """The job, with a passed start deadline applied; `JobNotFoundError` if unknown."""
+    def get(self, request_id: str, *, with_input: bool = True) -> Job:
+        """The job, with a passed start deadline applied; `JobNotFoundError` if unknown.
+        `with_input=False` leaves `input` empty ({}) and does not read it (status polls)."""
         ...
 
     def queue_position(self, request_id: str) -> int | None:
@@ -202,6 +206,28 @@ class JobStore(Protocol):
         """Jobs per state: {"IN_QUEUE": n, "IN_PROGRESS": m}."""
         ...
 
+    def queue_depths(self) -> dict[str, int]:
+        """Waiting jobs per priority: {"normal": n, "low": m} (every priority present)."""
+        ...
+
+    def recent(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        newest_first: bool = True,
+        user_id: str | None = None,
+    ) -> list[Job]:
+        """Up to `limit` jobs in submit order (newest first by default), starting after the job
+        `after` (a cursor; `JobNotFoundError` if unknown); only `user_id`'s when given."""
+        ...
+
+    def delete(self, request_id: str) -> Job:
+        """Forget a job: its record, logs and webhook delivery; returns it as it was (so the
+        caller can delete its files). A worker still running it finds it gone at `complete`.
+        `JobNotFoundError` if unknown."""
+        ...
+
     # --- workers ---
     def claim(self, worker_id: str) -> Job | None:
         """Atomically take the next waiting job (normal before low, oldest first)."""
@@ -211,7 +237,9 @@ class JobStore(Protocol):
         self, request_id: str, message: str, *, level: str = "INFO", source: str = "USER"
     ) -> None: ...
 
-    def is_cancel_requested(self, request_id: str) -> bool: ...
+    def is_cancel_requested(self, request_id: str) -> bool:
+        """True once a cancel was asked for, or when the job was deleted meanwhile."""
+        ...
 
     def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         """Record the end of a job this worker holds; False if it no longer holds it."""

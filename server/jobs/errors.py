@@ -21,3 +21,7 @@ class JobAlreadyCompletedError(JobStoreError):
 
 class QueueFullError(JobStoreError):
     """`max_queue_size` jobs are waiting already."""
+
+
+class StoreUnavailableError(JobStoreError):
+    """The job store cannot be reached (e.g. its Redis server restarts); retry shortly."""

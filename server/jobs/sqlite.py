@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL DEFAULT 0,
     job_id TEXT,
     detail TEXT NOT NULL DEFAULT '',
-    started_at REAL NOT NULL DEFAULT 0
+    started_at REAL NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     request_id TEXT PRIMARY KEY,
@@ -103,13 +104,52 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, 
 _MIGRATIONS = {  # from schema 1: input files are storage keys now, not blobs here
     "input_files": "ALTER TABLE jobs ADD COLUMN input_files TEXT NOT NULL DEFAULT '{}'",
 }
+_WORKER_MIGRATIONS = {  # workers heartbeat a metrics snapshot (server.metrics)
+    "metrics": "ALTER TABLE workers ADD COLUMN metrics TEXT NOT NULL DEFAULT '[]'",
+}
 _WAITING = JobStatus.IN_QUEUE.value
 _RUNNING = JobStatus.IN_PROGRESS.value
 _DONE = JobStatus.COMPLETED.value
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 _JSON_FIELDS = ("input", "result", "metrics", "input_files")
+# Every column a Job reads but the input (a status poll must not read a 10 MB prompt).
+_COLUMNS_NO_INPUT = ", ".join(n for n in _JOB_FIELDS if n != "input")
 _HELD = "SELECT cancel_requested FROM jobs WHERE id=? AND status=? AND worker_id=?"
 _REQUEUE = "UPDATE jobs SET status=?, started_at=NULL, worker_id=NULL, start_deadline=NULL"
+
+
+class DatabaseCorruptError(ValueError):
+    """The job database file is not a healthy SQLite job store (`check_database`)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"job database {path} is damaged ({problem})")
+
+
+def check_database(path: str | Path) -> int:
+    """`PRAGMA quick_check` and the stored schema version of an existing job database: its
+    schema version (0: an empty file), or `DatabaseCorruptError`; a ValueError for a schema
+    newer than this server's. Opens nothing that is not there already."""
+    path = Path(path)
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # not a database, malformed, truncated
+        raise DatabaseCorruptError(path, str(exc)) from None
+    problems = [" ".join(str(r[0]).split()) for r in rows if r[0] != "ok"]  # one line each
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise DatabaseCorruptError(path, "; ".join(problems[:2]) + more)
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has job-store schema {version}; this server knows {SCHEMA_VERSION}"
+            " (written by a newer version)"
+        )
+    return version
 
 
 class SqliteJobStore:
@@ -139,6 +179,10 @@ class SqliteJobStore:
             for column, statement in _MIGRATIONS.items():
                 if column not in columns:
                     c.execute(statement)
+            columns = {r["name"] for r in c.execute("PRAGMA table_info(workers)")}
+            for column, statement in _WORKER_MIGRATIONS.items():
+                if column not in columns:
+                    c.execute(statement)
             c.execute("DROP TABLE IF EXISTS job_attachments")
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -165,7 +209,8 @@ class SqliteJobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        values = {name: row[name] for name in _JOB_FIELDS}
+        present = row.keys()
+        values = {name: row[name] if name in present else None for name in _JOB_FIELDS}
         for name in _JSON_FIELDS:
             values[name] = json.loads(values[name]) if values[name] else None
         error = json.loads(row["error"]) if row["error"] else None
@@ -176,6 +221,7 @@ class SqliteJobStore:
                 "priority": PRIORITIES[row["priority"]],
                 "cancel_requested": bool(row["cancel_requested"]),
                 "error": JobError.from_dict(error) if error else None,
+                "input": values["input"] or {},
                 "metrics": values["metrics"] or {},
                 "input_files": values["input_files"] or {},
             }
@@ -234,8 +280,11 @@ class SqliteJobStore:
         deadline = now + job.start_timeout_s if job.start_timeout_s else None
         gateway_id = str(uuid.uuid4()) if job.webhook_url else None
         with self._tx() as c:
-            if max_queue_size is not None:
-                waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (_WAITING,))
+            if max_queue_size is not None:  # counts at most max_queue_size index entries
+                waiting = c.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status=? LIMIT ?)",
+                    (_WAITING, max_queue_size),
+                )
                 if waiting.fetchone()[0] >= max_queue_size:
                     raise QueueFullError(request_id)
             c.execute(
@@ -259,8 +308,9 @@ class SqliteJobStore:
             )
             return self._row(c, request_id)
 
-    def get(self, request_id: str) -> Job:
-        rows = self._read("SELECT * FROM jobs WHERE id=?", (request_id,))
+    def get(self, request_id: str, *, with_input: bool = True) -> Job:
+        columns = "*" if with_input else _COLUMNS_NO_INPUT
+        rows = self._read(f"SELECT {columns} FROM jobs WHERE id=?", (request_id,))
         if not rows:
             raise JobNotFoundError(request_id)
         job = self._job(rows[0])
@@ -270,20 +320,18 @@ class SqliteJobStore:
             and job.start_deadline < time.time()
         ):
             self.expire_overdue()
-            return self.get(request_id)
+            return self.get(request_id, with_input=with_input)
         return job
 
     def queue_position(self, request_id: str) -> int | None:
-        rows = self._read(
-            "SELECT COUNT(*) FROM jobs AS ahead, jobs AS me WHERE me.id=? AND me.status=?"
-            " AND ahead.status=? AND (ahead.priority<me.priority"
-            " OR (ahead.priority=me.priority AND ahead.seq<me.seq))",
-            (request_id, _WAITING, _WAITING),
+        rows = self._read(  # one read: None unless the job is waiting, else the count ahead
+            "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status=me.status"
+            " AND (ahead.priority<me.priority"
+            " OR (ahead.priority=me.priority AND ahead.seq<me.seq)))"
+            " FROM jobs AS me WHERE me.id=? AND me.status=?",
+            (request_id, _WAITING),
         )
-        me = self._read("SELECT status FROM jobs WHERE id=?", (request_id,))
-        if not me or me[0]["status"] != _WAITING:
-            return None
-        return int(rows[0][0])
+        return int(rows[0][0]) if rows else None
 
     def logs(self, request_id: str, *, since: int = 0) -> list[LogEntry]:
         rows = self._read(
@@ -319,6 +367,47 @@ class SqliteJobStore:
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
+    def recent(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        newest_first: bool = True,
+        user_id: str | None = None,
+    ) -> list[Job]:
+        where, params = [], []
+        if after is not None:
+            cursor = self._read("SELECT seq FROM jobs WHERE id=?", (after,))
+            if not cursor:
+                raise JobNotFoundError(after)
+            where.append("seq < ?" if newest_first else "seq > ?")
+            params.append(cursor[0]["seq"])
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        return [self._job(r) for r in self._read(sql, (*params, max(0, limit)))]
+
+    def delete(self, request_id: str) -> Job:
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (request_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(request_id)
+            c.execute("DELETE FROM jobs WHERE id=?", (request_id,))
+            c.execute("DELETE FROM job_logs WHERE job_id=?", (request_id,))
+            c.execute("DELETE FROM webhook_deliveries WHERE request_id=?", (request_id,))
+            c.execute("UPDATE workers SET job_id=NULL WHERE job_id=?", (request_id,))
+            return self._job(row)
+
+    def queue_depths(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE status=? GROUP BY priority", (_WAITING,)
+        )
+        depths = dict.fromkeys(PRIORITIES, 0)
+        depths.update({PRIORITIES[r["priority"]]: r["n"] for r in rows})
+        return depths
+
     # --- workers ---
 
     def claim(self, worker_id: str) -> Job | None:
@@ -348,7 +437,7 @@ class SqliteJobStore:
 
     def is_cancel_requested(self, request_id: str) -> bool:
         rows = self._read("SELECT cancel_requested FROM jobs WHERE id=?", (request_id,))
-        return bool(rows and rows[0]["cancel_requested"])
+        return not rows or bool(rows[0]["cancel_requested"])  # deleted: stop too
 
     def complete(self, request_id: str, worker_id: str, outcome: Outcome) -> bool:
         with self._tx() as c:
@@ -376,11 +465,12 @@ class SqliteJobStore:
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO workers (id, state, heartbeat_at, host, pid, job_id, detail, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO workers"
+                " (id, state, heartbeat_at, host, pid, job_id, detail, started_at, metrics)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET state=excluded.state,"
                 " heartbeat_at=excluded.heartbeat_at, host=excluded.host, pid=excluded.pid,"
-                " detail=excluded.detail",
+                " detail=excluded.detail, metrics=excluded.metrics",
                 (
                     info.id,
                     info.state,
@@ -390,12 +480,15 @@ class SqliteJobStore:
                     info.job_id,
                     info.detail,
                     info.started_at or info.heartbeat_at,
+                    json.dumps(info.metrics),
                 ),
             )
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._read("SELECT * FROM workers ORDER BY started_at, id")
-        return [WorkerInfo(**dict(r)) for r in rows]
+        return [
+            WorkerInfo(**{**dict(r), "metrics": json.loads(r["metrics"] or "[]")}) for r in rows
+        ]
 
     def remove_worker(self, worker_id: str) -> None:
         with self._tx() as c:

@@ -1,8 +1,9 @@
 """Stored outputs and uploads, served from any storage backend with Range support
 (`/files/{kind}/{id}/{name}`).
 
-No API key: a file URL is a capability (128 random bits in its path), like fal's CDN URLs, so
-browsers and players can fetch it directly. Files expire after `output_retention_s`. Job inputs
+No API key by default: a file URL is a capability (128 random bits in its path), like fal's CDN
+URLs, so browsers and players can fetch it directly. With `files_require_key` only the owner's
+key (its tag is part of the file id, `server.storage.owned_file_id`) or an admin key reads it. Files expire after `output_retention_s`. Job inputs
 (kind `inputs`) are never served.
 """
 
@@ -15,9 +16,9 @@ from email.utils import formatdate
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from server.deps import SettingsDep, StorageDep
+from server.deps import SettingsDep, StorageDep, authenticate
 from server.errors import FileNotFoundHTTPError, RangeNotSatisfiableError
-from server.storage import PUBLIC_KINDS, StoredFile
+from server.storage import PUBLIC_KINDS, StoredFile, file_owner_tag, owner_tag
 
 router = APIRouter(tags=["files"])
 
@@ -67,7 +68,8 @@ def _validators(stored: StoredFile) -> tuple[str, str]:
     responses={
         200: {"content": {"video/mp4": {}, "application/octet-stream": {}}},
         206: {"description": "Partial content (Range request)."},
-        404: {"description": "No such file (or it expired)."},
+        401: {"description": "`files_require_key` is on and no valid key was sent."},
+        404: {"description": "No such file (or it expired, or another tenant's)."},
         416: {"description": "The range starts past the end of the file."},
     },
     summary="Download a stored file",
@@ -77,6 +79,10 @@ def get_file(
 ) -> Response:
     """The file's bytes; `Range: bytes=a-b` answers 206 with that slice."""
     key = f"{kind}/{file_id}/{name}"
+    if settings.files_require_key:  # only the owner's key (or an admin's); others see a 404
+        owner = authenticate(request.headers.get("authorization"), settings).owner
+        if owner is not None and file_owner_tag(file_id) != owner_tag(owner):
+            raise FileNotFoundHTTPError()
     try:
         if kind not in PUBLIC_KINDS:
             raise FileNotFoundError(key)

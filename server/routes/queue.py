@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from server.deps import (
     BaseUrlDep,
+    CallerDep,
     QueueBaseUrlDep,
     ServingDep,
     SettingsDep,
@@ -47,8 +48,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": RequestError, "description": "Unknown request id."},
 }
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": RequestError,
+        "description": "Body is not JSON, or a bad X-Fal-Request-Timeout/Priority header.",
+    },
+    408: {"model": RequestError, "description": "The body stalled (`body_read_timeout_s`)."},
+    413: {"model": RequestError, "description": "Body larger than the API's cap."},
     422: {"model": ValidationErrorBody, "description": "Invalid input or unusable image_url."},
-    429: {"model": RequestError, "description": "The queue is full; retry later."},
+    429: {
+        "model": RequestError,
+        "description": "The queue is full; retry after `Retry-After` seconds.",
+    },
 }
 
 router = APIRouter(
@@ -116,11 +126,14 @@ async def request_status(
     request_id: str,
     serving: ServingDep,
     queue_base: QueueBaseUrlDep,
+    caller: CallerDep,
     logs: Annotated[str | None, _LOGS_QUERY] = None,
 ) -> JSONResponse:
     """202 while IN_QUEUE (with `queue_position`) or IN_PROGRESS, 200 once COMPLETED
     (with `metrics`, and `error`/`error_type` if it failed or was cancelled)."""
-    job, body = await serving.status(request_id, queue_base, with_logs=parse_flag(logs))
+    job, body = await serving.status(
+        request_id, queue_base, with_logs=parse_flag(logs), owner=caller.owner
+    )
     return answer(body, job.id, 200 if job.done else 202)
 
 
@@ -129,6 +142,7 @@ async def request_status_stream(
     request: Request,
     serving: ServingDep,
     queue_base: QueueBaseUrlDep,
+    caller: CallerDep,
     logs: Annotated[str | None, _LOGS_QUERY] = None,
 ) -> StreamingResponse:
     """Server-sent events: one status object per `data:` line whenever it changes, a `: ping`
@@ -136,9 +150,13 @@ async def request_status_stream(
 
     With `logs=1` each event carries only the log lines new since the previous event: the JS
     client concatenates `logs` across events (polling answers carry the full list instead)."""
-    job = await serving.get(request_id)  # 404 before the stream starts
+    job = await serving.get(request_id, caller.owner)  # 404 before the stream starts
     events = serving.status_events(
-        request_id, queue_base, with_logs=parse_flag(logs), disconnected=request.is_disconnected
+        request_id,
+        queue_base,
+        with_logs=parse_flag(logs),
+        disconnected=request.is_disconnected,
+        owner=caller.owner,
     )
     return StreamingResponse(
         events,
@@ -147,16 +165,18 @@ async def request_status_stream(
     )
 
 
-async def request_result(request_id: str, serving: ServingDep, base: BaseUrlDep) -> JSONResponse:
+async def request_result(
+    request_id: str, serving: ServingDep, base: BaseUrlDep, caller: CallerDep
+) -> JSONResponse:
     """The output once COMPLETED; 400 before; a failed request answers its error (non-2xx)."""
-    job, output = await serving.result(request_id, base)
+    job, output = await serving.result(request_id, base, caller.owner)
     return answer(output, job.id)
 
 
-async def cancel_request(request_id: str, serving: ServingDep) -> JSONResponse:
+async def cancel_request(request_id: str, serving: ServingDep, caller: CallerDep) -> JSONResponse:
     """202 while queued or running (a running job stops between denoising steps); 400
     `{"status": "ALREADY_COMPLETED"}` after."""
-    job = await serving.cancel(request_id)
+    job = await serving.cancel(request_id, caller.owner)
     return answer({"status": "CANCELLATION_REQUESTED"}, job.id, 202)
 
 

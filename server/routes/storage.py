@@ -19,6 +19,7 @@ file lives ``output_retention_s``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -41,7 +42,7 @@ from server.settings import ServerSettings
 from server.storage import (
     Storage,
     StoredFile,
-    new_file_id,
+    owned_file_id,
     sanitize_content_type,
     sanitize_file_name,
 )
@@ -116,7 +117,7 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def get_signer(request: Request, settings: SettingsDep) -> UploadSigner:
+async def get_signer(request: Request, settings: SettingsDep) -> UploadSigner:
     """One signer per app, made on first use (nothing at import)."""
     signer = getattr(request.app.state, "upload_signer", None)
     if signer is None:
@@ -209,7 +210,7 @@ def initiate_upload(
     """Reserve a file URL and hand out a pre-signed, expiring PUT URL for its bytes."""
     content_type = sanitize_content_type(body.content_type)
     name = sanitize_file_name(body.file_name or "upload", content_type)
-    file_id = new_file_id()
+    file_id = owned_file_id(user_id)
     token = signer.sign(
         {
             "purpose": "put",
@@ -235,7 +236,7 @@ def initiate_multipart(user_id: AuthDep, settings: SettingsDep) -> None:
 
 @router.put(
     "/storage/upload/put/{file_id}",
-    responses={403: {"description": "Invalid or expired upload URL."}, **_ERRORS},
+    responses={403: {"description": "Invalid, expired or already used upload URL."}, **_ERRORS},
 )
 async def put_upload(
     file_id: str,
@@ -251,8 +252,38 @@ async def put_upload(
     if claims.get("id") != file_id:
         raise InvalidUploadTokenError()
     data = await read_body_capped(request, settings.upload_max_bytes)
-    stored = await save_upload(storage, data, claims["ct"], claims["name"], file_id)
+    key = f"uploads/{file_id}/{claims['name']}"
+    async with _put_lock(request, file_id):  # single use: a replay never replaces the file
+        if await to_thread.run_sync(_exists, storage, key):
+            raise InvalidUploadTokenError(USED_UPLOAD_URL)
+        stored = await save_upload(storage, data, claims["ct"], claims["name"], file_id)
     return {"file_url": absolute_url(stored.url, base)}
+
+
+USED_UPLOAD_URL = (
+    "Upload URL was already used: each upload URL stores one file; get a new one from"
+    " POST /storage/upload/initiate"
+)
+
+
+def _exists(storage: Storage, key: str) -> bool:
+    try:
+        storage.stat(key)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _put_lock(request: Request, file_id: str) -> asyncio.Lock:
+    """One lock per upload id in this process, so two concurrent PUTs of one URL cannot both
+    find the file absent (API processes sharing a storage still check before writing)."""
+    locks: dict[str, asyncio.Lock] | None = getattr(request.app.state, "upload_locks", None)
+    if locks is None:
+        locks = request.app.state.upload_locks = {}
+    if len(locks) > 1024:  # forget idle ones
+        for name in [n for n, lock in locks.items() if not lock.locked()]:
+            del locks[name]
+    return locks.setdefault(file_id, asyncio.Lock())
 
 
 @router.post("/storage/auth/token", response_model=UploadTokenOutput, responses=_ERRORS)
@@ -281,7 +312,7 @@ def _check_cdn_auth(
     if scheme.lower() == "bearer" and value.strip():
         return str(signer.verify(value.strip(), purpose="cdn").get("sub", "local"))
     try:
-        return check_api_key(authorization, settings.api_keys)
+        return check_api_key(authorization, settings.all_api_keys)
     except UnauthorizedError:
         raise UnauthorizedError(
             "Missing or invalid upload token: send `Authorization: Bearer <token>` from"
@@ -301,9 +332,11 @@ async def cdn_upload(
     x_fal_file_name: Annotated[str | None, Header()] = None,
 ) -> UploadOutput:
     """Store the raw body (fal's v3 CDN upload); answer its URL."""
-    _check_cdn_auth(authorization, settings, signer)
+    user_id = _check_cdn_auth(authorization, settings, signer)
     data = await read_body_capped(request, settings.upload_max_bytes)
-    stored = await save_upload(storage, data, content_type, x_fal_file_name or "upload")
+    stored = await save_upload(
+        storage, data, content_type, x_fal_file_name or "upload", owned_file_id(user_id)
+    )
     return UploadOutput(access_url=absolute_url(stored.url, base))
 
 

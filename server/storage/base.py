@@ -11,12 +11,14 @@ The API serves `outputs` and `uploads` at `/files/{key}` (`server.routes.files`,
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import mimetypes
 import re
 import secrets
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +51,9 @@ class Storage(ABC):
     `save` is the same for every backend (it sanitises and makes the key); a backend implements
     the abstract methods below it."""
 
+    # Told `(kind, bytes)` after each save (the API's storage-bytes metric, server.metrics).
+    on_save: Callable[[str, int], None] | None = None
+
     def save(
         self,
         data: bytes,
@@ -63,7 +68,10 @@ class Storage(ABC):
         content_type = sanitize_content_type(content_type)
         key = make_key(kind, file_id or new_file_id(), sanitize_file_name(file_name, content_type))
         self.write(key, data)
-        return self.stat(key)
+        stored = self.stat(key)
+        if self.on_save is not None:
+            self.on_save(kind, stored.file_size)
+        return stored
 
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
@@ -101,6 +109,28 @@ def read_all(storage: Storage, key: str) -> bytes:
 def new_file_id() -> str:
     """A fresh random id (22 URL-safe characters, 128 bits)."""
     return secrets.token_urlsafe(16)
+
+
+_OWNER_TAG_CHARS = 12
+_RANDOM_ID_CHARS = 22
+
+
+def owner_tag(user_id: str) -> str:
+    """A short, stable tag of a user id (not a secret: it only lets /files compare owners)."""
+    digest = hashlib.sha256(user_id.encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode("ascii")  # 12 characters
+
+
+def owned_file_id(user_id: str) -> str:
+    """A fresh random id that also names its owner: 22 random characters, then `owner_tag`."""
+    return new_file_id() + owner_tag(user_id)
+
+
+def file_owner_tag(file_id: str) -> str | None:
+    """The owner tag of an id made by `owned_file_id`, or None for an id without one."""
+    if len(file_id) != _RANDOM_ID_CHARS + _OWNER_TAG_CHARS:
+        return None
+    return file_id[_RANDOM_ID_CHARS:]
 
 
 def make_key(kind: str, file_id: str, name: str) -> str:

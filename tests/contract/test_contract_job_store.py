@@ -49,6 +49,21 @@ def test_submit_and_get(store: JobStore) -> None:
         store.get("nope")
 
 
+def test_get_without_the_input(store: JobStore) -> None:
+    """Status polls read a job without its (possibly 10 MB) input; everything else is there."""
+    job = store.submit(new(1, user_id="alice", webhook_url="https://h/x"))
+    light = store.get(job.id, with_input=False)
+    assert light.input == {} and store.get(job.id).input == {"prompt": "p1"}
+    assert (light.id, light.status, light.user_id, light.webhook_url) == (
+        job.id,
+        JobStatus.IN_QUEUE,
+        "alice",
+        "https://h/x",
+    )
+    with pytest.raises(JobNotFoundError):
+        store.get("nope", with_input=False)
+
+
 def test_queue_order_and_positions_with_priorities(store: JobStore) -> None:
     a = store.submit(new(1))
     low = store.submit(new(2, priority="low"))
@@ -245,6 +260,50 @@ def test_workers_heartbeat_and_stale(store: JobStore) -> None:
     assert [w.id for w in store.workers()] == ["w1"]  # recovered workers are forgotten
     store.remove_worker("w1")
     assert store.workers() == []
+
+
+def test_heartbeat_carries_a_metrics_snapshot(store: JobStore) -> None:
+    snap = [{"name": "ovi_x", "type": "gauge", "help": "h", "samples": [["ovi_x", {}, 2.5]]}]
+    store.heartbeat(WorkerInfo(id="w1", state="ready", heartbeat_at=time.time(), metrics=snap))
+    assert store.workers()[0].metrics == snap
+    store.heartbeat(WorkerInfo(id="w1", state="ready", heartbeat_at=time.time()))
+    assert store.workers()[0].metrics == []
+
+
+def test_queue_depths_per_priority(store: JobStore) -> None:
+    assert store.queue_depths() == {"normal": 0, "low": 0}
+    store.submit(new(1))
+    store.submit(new(2, priority="low"))
+    store.submit(new(3, priority="low"))
+    assert store.queue_depths() == {"normal": 1, "low": 2}
+    store.claim("w")
+    assert store.queue_depths() == {"normal": 0, "low": 2}
+
+
+def test_recent_pages_newest_first_and_by_user(store: JobStore) -> None:
+    jobs = [store.submit(new(i, user_id="a" if i % 2 else "b")) for i in range(5)]
+    ids = [j.id for j in jobs]
+    assert [j.id for j in store.recent(limit=2)] == [ids[4], ids[3]]
+    assert [j.id for j in store.recent(limit=2, after=ids[3])] == [ids[2], ids[1]]
+    assert [j.id for j in store.recent(limit=10, newest_first=False)] == ids
+    assert [j.id for j in store.recent(limit=10, user_id="a")] == [ids[3], ids[1]]
+    with pytest.raises(JobNotFoundError):
+        store.recent(after="nope")
+
+
+def test_delete_forgets_a_job(store: JobStore) -> None:
+    job = store.submit(new())
+    store.append_log(job.id, "hello")
+    assert store.delete(job.id).id == job.id
+    with pytest.raises(JobNotFoundError):
+        store.get(job.id)
+    with pytest.raises(JobNotFoundError):
+        store.delete(job.id)
+    running = store.submit(new(1))
+    store.claim("w")
+    store.delete(running.id)
+    assert store.is_cancel_requested(running.id)  # a worker still running it stops
+    assert not store.complete(running.id, "w", Outcome(result={}))  # the worker finds it gone
 
 
 # --- retention ---

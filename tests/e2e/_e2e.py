@@ -76,11 +76,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_tls(directory: Path) -> tuple[Path, Path, Path, Path]:
+def make_tls(directory: Path, *, fal_hosts: bool = False) -> tuple[Path, Path, Path, Path]:
     """(server cert, server key, CA bundle, CA cert) made by `ovi tls init`'s code."""
     from server.tls import init_tls
 
-    files = init_tls(directory)
+    files = init_tls(directory, fal_hosts=fal_hosts)
     return files.server_cert, files.server_key, files.bundle, files.ca_cert
 
 
@@ -92,9 +92,15 @@ def start_server(
     port: int | None = None,
     wait_ready: bool = True,
     extra_env: dict[str, str] | None = None,
+    fal_hosts: bool = False,
+    preset: str = "tiny_1s",
 ) -> Server:
-    """Start `ovi serve --preset tiny_1s` and wait for /health (ready, or just up if workers=0)."""
-    cert, key, bundle, ca = make_tls(tls_dir)  # keeps an existing CA, so old bundles still work
+    """Start `ovi serve --preset PRESET` (default `tiny_1s`) and wait for /health (ready, or just
+    up if workers=0). `fal_hosts`: the certificate also covers fal's own host names
+    (`ovi tls init --fal-hosts`)."""
+    cert, key, bundle, ca = make_tls(
+        tls_dir, fal_hosts=fal_hosts
+    )  # keeps an existing CA, so old bundles still work
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}-{int(time.time() * 1000)}.log"
@@ -108,7 +114,7 @@ def start_server(
     )
     cmd = [
         sys.executable, "-m", "cli", "serve",
-        "--preset", "tiny_1s", "--device", "cpu",
+        "--preset", preset, "--device", "cpu",
         "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(data_dir),
         "--tls-cert", str(cert), "--tls-key", str(key),

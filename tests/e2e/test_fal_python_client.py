@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from _e2e import check_mp4, run_client_script
+from _e2e import API_KEY, check_mp4, run_client_script
 
 I2V = "fal-ai/ovi/image-to-video"
 T2V = "fal-ai/ovi"
@@ -96,8 +96,10 @@ def test_errors(ovi_server) -> None:
 def test_health_reports_ready(ovi_server) -> None:
     with ovi_server.http() as client:
         r = client.get("/health")
+        detailed = client.get("/health", headers={"Authorization": f"Key {API_KEY}"})
     assert r.status_code == 200 and r.json()["status"] == "ready"
-    assert r.json()["model"] == "tiny_1s"
+    assert "model" not in r.json() and "workers" not in r.json()  # details need a key
+    assert detailed.json()["model"] == "tiny_1s" and detailed.json()["workers"]
 
 
 # --- scenarios (in a fresh interpreter configured by the environment) ---

@@ -485,9 +485,9 @@ def _generate_with_latents(pipe: OviPipeline, **kwargs):
     seen = {}
     decode = pipe.decode
 
-    def keep(video, audio):
+    def keep(video, audio, *rest):
         seen["video"], seen["audio"] = video.clone(), audio.clone()
-        return decode(video, audio)
+        return decode(video, audio, *rest)
 
     pipe.decode = keep
     try:

@@ -53,6 +53,7 @@ def test_download_fetches_only_missing_files_into_the_ovi_layout(tmp_path, monke
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(weights, "_hub_unreachable", lambda: "")  # the hub is faked: "online"
     (tmp_path / "MMAudio/ext_weights").mkdir(parents=True)
     (tmp_path / "MMAudio/ext_weights/v1-16.pth").write_bytes(b"already here")
     paths = weights.download("720x720_5s", tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from starlette.requests import Request
 
@@ -75,9 +77,12 @@ def test_queue_base_url() -> None:
 
 
 def test_submit_options() -> None:
-    opts = get_submit_options("https://hook", "30.0", "LOW")
+    def options(*args: str | None):  # an async dependency (no thread hop per request)
+        return asyncio.run(get_submit_options(*args))
+
+    opts = options("https://hook", "30.0", "LOW")
     assert (opts.webhook_url, opts.start_timeout_s, opts.priority) == ("https://hook", 30.0, "low")
-    assert get_submit_options(None, None, None).priority == "normal"
+    assert options(None, None, None).priority == "normal"
     for timeout, priority in (("x", None), ("-1", None), (None, "high")):
         with pytest.raises(BadRequestError):
-            get_submit_options(None, timeout, priority)
+            options(None, timeout, priority)

@@ -30,11 +30,9 @@ def test_malformed_sqlite_urls(url: str) -> None:
         open_store(url)
 
 
-@pytest.mark.parametrize(
-    "url", ["redis://localhost/0", "postgres://x/y", "data/jobs.sqlite3", "/abs/jobs.sqlite3", ""]
-)
+@pytest.mark.parametrize("url", ["postgres://x/y", "data/jobs.sqlite3", "/abs/jobs.sqlite3", ""])
 def test_unknown_schemes_name_the_supported_ones(url: str) -> None:
-    with pytest.raises(ValueError, match=r"supported schemes are sqlite://"):
+    with pytest.raises(ValueError, match=r"supported schemes are sqlite://.*redis://"):
         check_store_url(url)
-    with pytest.raises(ValueError, match=r"supported schemes are sqlite://"):
+    with pytest.raises(ValueError, match=r"supported schemes are sqlite://.*redis://"):
         open_store(url)

@@ -65,19 +65,22 @@ def test_unhandled_errors_are_500_with_fal_shape(
     def explode(*a: Any, **k: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store_of(app), "counts", explode)
-    r = client.get("/health")
+    monkeypatch.setattr(store_of(app), "get", explode)  # (/health reports store faults itself)
+    r = client.get("/queue/fal-ai/ovi/requests/abc/status", headers=AUTH)
     assert r.status_code == 500
     assert r.json() == {"detail": "Internal server error", "error_type": "internal_error"}
     assert r.headers["x-fal-error-type"] == "internal_error"
 
 
-def test_starlette_refusals_keep_their_shape(app_client) -> None:
+def test_starlette_refusals_keep_their_detail_and_gain_an_error_type(app_client) -> None:
     client, _ = app_client
     r = client.get("/no/such/path")
-    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    assert r.status_code == 404
+    assert r.json() == {"detail": "Not Found", "error_type": "not_found"}
+    assert r.headers["x-fal-request-id"]
     r = client.delete("/health")
-    assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}
+    assert r.status_code == 405
+    assert r.json() == {"detail": "Method Not Allowed", "error_type": "method_not_allowed"}
 
 
 def test_store_and_storage_come_from_their_urls(tmp_path: Path) -> None:

@@ -85,3 +85,26 @@ def test_queue_host_rewrite_tolerates_missing_raw_path() -> None:
         ("/queue/fal-ai/ovi", b"/queue/fal-ai/ovi"),
         ("/files/upload", None),
     ]
+
+
+def test_each_fal_host_reaches_its_part_of_the_api(app_client) -> None:
+    """With fal's own names pointed at the server (docs/drop-in.md §0), each Host routes where
+    the released clients expect: queue hosts at the root, the others as they are."""
+    from server.fal_hosts import FAL_HOSTS, host_role
+
+    client, app = app_client
+    for host, role in FAL_HOSTS.items():
+        headers = {**AUTH, "host": host}
+        if role == "queue":
+            r = client.post("/fal-ai/ovi", json={"prompt": "x"}, headers=headers)
+            assert r.status_code == 200, (host, r.text)
+            assert r.json()["status_url"].startswith(f"http://{host}/fal-ai/ovi/requests/")
+            status = client.get(r.json()["status_url"].split(host, 1)[1], headers=headers)
+            assert status.status_code == 202, host
+        elif role in ("rest", "cdn"):
+            r = client.post("/storage/auth/token", json={}, headers=headers)
+            assert r.status_code == 200 and r.json()["base_url"] == f"http://{host}", host
+        else:  # run: the sync route answers there (a 422 for a bad body, not a 404)
+            r = client.post("/fal-ai/ovi", json={}, headers=headers)
+            assert r.status_code == 422, (host, r.text)
+    assert host_role("QUEUE.FAL.RUN:443") == "queue" and host_role("example.com") is None

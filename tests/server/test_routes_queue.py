@@ -22,7 +22,7 @@ I2V = "/queue/fal-ai/ovi/image-to-video"
 
 @pytest.fixture()
 def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    async def fake_load(url: str, settings, *, storage=None) -> bytes:
+    async def fake_load(url: str, settings, **kw) -> bytes:
         if "bad" in url:
             raise ImageInputError(url, "not a readable image: cannot identify image file")
         return b"image-bytes"

@@ -13,7 +13,7 @@ from server.jobs.base import JobError, Outcome
 
 @pytest.fixture()
 def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    async def fake_load(url: str, settings, *, storage=None) -> bytes:
+    async def fake_load(url: str, settings, **kw) -> bytes:
         return b"image-bytes"
 
     monkeypatch.setattr(serving, "load_image_input", fake_load)

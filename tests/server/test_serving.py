@@ -60,7 +60,7 @@ def test_run_cancels_when_the_client_leaves(serving: Serving) -> None:
 def test_refused_submit_leaves_no_input_behind(
     serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def fake_load(url: str, settings, *, storage=None) -> bytes:
+    async def fake_load(url: str, settings, **kw) -> bytes:
         return b"image"
 
     monkeypatch.setattr("server.serving.load_image_input", fake_load)

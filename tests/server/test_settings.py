@@ -42,10 +42,12 @@ def test_job_store_and_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     config.write_text('job_store = "sqlite:///q.db"\nstorage = "file:///x"\n')
     monkeypatch.delenv("OVI_JOB_STORE")
     assert load_settings(config_file=config).job_store_url == "sqlite:///q.db"
-    with pytest.raises(ValidationError, match="supported schemes are sqlite://"):
-        ServerSettings(job_store="redis://localhost/0")
-    with pytest.raises(ValidationError, match="supported schemes are file://"):
-        ServerSettings(storage="s3://bucket/prefix")
+    with pytest.raises(ValidationError, match="supported schemes are sqlite://, redis://"):
+        ServerSettings(job_store="postgres://localhost/0")
+    with pytest.raises(ValidationError, match="supported schemes are file://, s3://"):
+        ServerSettings(storage="gs://bucket/prefix")
+    assert ServerSettings(job_store="redis://localhost:6379/0").job_store_url.startswith("redis")
+    assert ServerSettings(storage="s3://bucket/prefix").storage_url == "s3://bucket/prefix"
 
 
 def test_precedence_flags_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,11 +37,11 @@ def test_file_urls(tmp_path: Path) -> None:
             open_storage(bad)
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/prefix", "/srv/files", "data/files", "gs://b", ""])
+@pytest.mark.parametrize("url", ["/srv/files", "data/files", "gs://b", ""])
 def test_unknown_schemes_name_the_supported_ones(url: str) -> None:
-    with pytest.raises(ValueError, match=r"supported schemes are file://"):
+    with pytest.raises(ValueError, match=r"supported schemes are file://.*s3://"):
         check_storage_url(url)
-    with pytest.raises(ValueError, match=r"supported schemes are file://"):
+    with pytest.raises(ValueError, match=r"supported schemes are file://.*s3://"):
         open_storage(url)
 
 

@@ -13,13 +13,13 @@ from server.settings import ServerSettings
 from server.supervisor import WorkerSupervisor
 
 
-def crashing_worker(settings: ServerSettings, worker_id: str, slot: int, stop_event) -> None:
+def crashing_worker(settings: ServerSettings, worker_id: str, slot: int) -> None:
     """Spawned target: claim one job and die without a word."""
     store = open_store(settings.job_store_url)
     store.heartbeat(
         WorkerInfo(id=worker_id, state="ready", heartbeat_at=time.time(), pid=os.getpid())
     )
-    while not stop_event.is_set():
+    while True:
         if store.claim(worker_id) is not None:
             os._exit(3)
         time.sleep(0.02)

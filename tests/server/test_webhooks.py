@@ -107,7 +107,9 @@ def test_delivery_is_signed_and_verifies(key, outbox):
 
 def test_retries_after_failures_then_succeeds(key, outbox):
     answers = iter([500, 503, 200])
+    results: list[str] = []  # what the metrics hear (server.metrics: ovi_webhook_deliveries)
     with sending(key, outbox, lambda req: Reply(next(answers))) as (dispatcher, receiver):
+        dispatcher.observer = results.append
         start = time.monotonic()
         dispatcher.enqueue(
             receiver.base + "/hook",
@@ -119,6 +121,7 @@ def test_retries_after_failures_then_succeeds(key, outbox):
         _wait_for(lambda: len(receiver.received) == 3)
         elapsed = time.monotonic() - start
         _wait_for(lambda: dispatcher.counts() == {})
+        _wait_for(lambda: results == ["retry", "retry", "delivered"])
     assert elapsed >= 0.05 + 0.1 - 0.02  # backoff: 0.05 s then 0.1 s
     bodies = {r.body for r in receiver.received}
     assert len(bodies) == 1  # the same body every attempt
@@ -128,10 +131,14 @@ def test_retries_after_failures_then_succeeds(key, outbox):
 
 
 def test_gives_up_after_max_attempts(key, outbox):
+    results: list[str] = []
     with sending(key, outbox, lambda req: Reply(500)) as (dispatcher, receiver):
+        dispatcher.observer = results.append
         dispatcher.enqueue(receiver.base + "/hook", request_id="r", status="OK", payload={})
         _wait_for(lambda: dispatcher.counts() == {"failed": 1})
+        _wait_for(lambda: len(results) == FAST.max_attempts)
     assert len(receiver.received) == FAST.max_attempts
+    assert results == ["retry"] * (FAST.max_attempts - 1) + ["failed"]
 
 
 def test_pending_delivery_survives_restart(key, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model.options import RuntimeOptions
@@ -23,6 +24,8 @@ from server.storage import LocalStorage, Storage, key_from_path
 from server.worker import (
     JobContext,
     classify_failure,
+    fit_preview,
+    preview_steps,
     run_job,
     run_worker,
     sampling_params,
@@ -179,11 +182,23 @@ def test_run_job_cancel_and_shutdown(tiny_pipeline, store: SqliteJobStore, ctx: 
     assert ctx.storage.stat(files["image"])  # back in the queue: its input stays
 
 
+def test_preview_steps() -> None:
+    assert preview_steps(50, 8) == {6, 12, 19, 25, 31, 38, 44, 50}
+    assert preview_steps(3, 8) == {1, 2, 3}
+    assert preview_steps(4, 2) == {2, 4}
+    assert preview_steps(30, 0) == set() and preview_steps(0, 8) == set()
+
+
+def test_fit_preview_needs_a_vae() -> None:
+    assert fit_preview(object()) is None  # a stand-in pipeline: previews off, no error
+
+
 # --- the loop, with a fake pipeline ---
 
 
 class FakePipeline:
     preset = get_preset("tiny")
+    runtime = RuntimeOptions()
 
     def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
         from model.pipeline import OviOutput, StepInfo
@@ -200,6 +215,46 @@ class FakePipeline:
         video = np.zeros((5, 32, 32, 3), np.uint8)
         audio = np.zeros(1600, np.float32)
         return OviOutput(video=video, audio=audio, seed=params.seed or 1, height=32, width=32)
+
+
+class PreviewingPipeline(FakePipeline):
+    """The fake pipeline with the loop's current estimate in each step's callback."""
+
+    def __call__(self, prompt: str, image=None, *, params, callback=None, should_cancel=None):
+        from model.pipeline import StepInfo
+
+        def with_estimate(info: StepInfo) -> None:
+            callback(StepInfo(info.step, info.total, info.elapsed, torch.randn(1, 48, 3, 4, 6)))
+
+        return super().__call__(prompt, image, params=params, callback=with_estimate)
+
+
+def test_run_job_links_previews_from_its_logs(store: SqliteJobStore, ctx: JobContext) -> None:
+    from model.preview import LatentPreview
+
+    ctx.previews, ctx.preview = 2, LatentPreview(torch.randn(48, 3), torch.zeros(3))
+    new = NewJob(app=T2V_APP, input=t2v(num_inference_steps=4), base_url="https://ovi.test")
+    job = store.submit(new)
+    run_job(PreviewingPipeline(), store.claim("w"), ctx)
+    assert store.get(job.id).error is None
+    lines = [e.message for e in store.logs(job.id) if e.message.startswith("Preview")]
+    assert [line.split(":")[0] for line in lines] == ["Preview 2/4", "Preview 4/4"]
+    for step, line in zip((2, 4), lines, strict=True):
+        url = line.split(": ", 1)[1]
+        assert url.startswith("https://ovi.test/files/outputs/") and url.endswith(f"-{step}.png")
+        stored = ctx.storage.stat(url.removeprefix("https://ovi.test/files/"))
+        assert stored.content_type == "image/png"
+        data = b"".join(ctx.storage.read(stored.key))
+        assert Image.open(io.BytesIO(data)).size == (6, 4)  # one latent frame, w x h
+
+    def broken(latents: torch.Tensor) -> np.ndarray:
+        raise RuntimeError("no preview today")
+
+    ctx.preview = broken  # a failing preview is logged; the job still completes
+    job = store.submit(new)
+    run_job(PreviewingPipeline(), store.claim("w"), ctx)
+    assert store.get(job.id).error is None and store.get(job.id).result["video"]["file_size"]
+    assert not [e for e in store.logs(job.id) if e.message.startswith("Preview")]
 
 
 def test_run_worker_loop_carries_on_after_failures(tmp_path: Path) -> None:
