@@ -18,9 +18,10 @@ def check_request(preset: Preset, prompt: str, params: SamplingParams) -> None:
 
 
 def check_prompt(prompt: object) -> None:
-    """ValueError unless `prompt` has text: the CLI, the pipeline and the API (a 422) share it."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be a non-empty string (the text that describes the clip)")
+    """ValueError unless `prompt` is a string: the CLI, the pipeline and the API share it. An
+    empty prompt is fine, as on fal (the official release generates from it too)."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
 
 
 def check_device(device: str | None) -> None:

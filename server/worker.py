@@ -64,13 +64,15 @@ def sampling_params(app: str, request: dict[str, Any], defaults: SamplingParams)
     `SamplingParams` of the clip: the variant's `defaults` with the request's values.
 
     fal's `resolution` is "WxH" (`992x512` = 992 wide, 512 high): this is the one place it is
-    parsed. Knobs fal does not expose (solver, shift, guidance, SLG) keep the defaults.
+    parsed. Knobs fal does not expose (solver, shift, guidance, SLG) keep the defaults; `noise`
+    is our one extra input (`schemas`).
     """
     values: dict[str, Any] = {
         "video_negative_prompt": request.get("negative_prompt"),
         "audio_negative_prompt": request.get("audio_negative_prompt"),
         "steps": request.get("num_inference_steps"),
-        "seed": request.get("seed"),
+        "seed": request.get("seed"),  # negative seeds as given (torch takes them mod 2**64)
+        "noise": request.get("noise"),  # ours, not fal's; None: the worker's runtime default
     }
     if app == T2V_APP:
         width, height = (int(v) for v in request.get("resolution", "992x512").split("x"))

@@ -164,7 +164,9 @@ def test_every_error_answer_has_an_error_type_and_a_request_id(tmp_path: Path) -
             "429 queue full": client.post(APP, json={"prompt": "b"}, headers=AUTH_A),
             "401 no key": client.post(APP, json={"prompt": "b"}),
             "404 unknown id": client.get(f"{APP}/requests/nope/status", headers=AUTH_A),
-            "422 schema": client.post(APP, json={"prompt": ""}, headers=AUTH_A),
+            "422 schema": client.post(
+                APP, json={"prompt": "x", "num_inference_steps": 0}, headers=AUTH_A
+            ),
             "400 invalid utf-8": client.post(
                 APP,
                 content=b'{"prompt": "\xff\xfe"}',
