@@ -75,10 +75,12 @@ def build_text_encoder(
 def build_video_vaes(
     config: OviConfig, device: torch.device, dtype: torch.dtype, seed: int
 ) -> tuple[VideoVAE, VideoVAE]:
-    """(VAE in `dtype`, the same weights in float32)."""
+    """(VAE in `dtype`: the `fast_vae` mode, the same weights computed in float32: the default,
+    the official precision: float32 math on the `dtype`-rounded weights)."""
     state = random_wan_vae_state(config.video_vae, seed)
-    fp32 = load_wan_vae(state, config.video_vae, source="random", dtype=torch.float32)
     low = load_wan_vae(state, config.video_vae, source="random", dtype=dtype, device=device)
+    rounded = {k: v.to(dtype).float() for k, v in state.items()}
+    fp32 = load_wan_vae(rounded, config.video_vae, source="random", dtype=torch.float32)
     return low, fp32.to(device)
 
 

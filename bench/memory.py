@@ -280,17 +280,22 @@ def estimate_memory(
         s = shapes[main]
         latent = (1, config.video_vae.z_dim, s.latent_frames, s.height // 16, s.width // 16)
         image = (1, 3, s.height, s.width)
-        act("est_vae_encode_image_act_gib",
-            lambda: vae.encode_image(torch.empty(image, device=META, dtype=torch.bfloat16)))  # fmt: skip
 
         def z_video() -> torch.Tensor:
             return torch.empty(latent, device=META, dtype=torch.bfloat16)
 
-        vae.tail_frames = None  # diffusers' decode as shipped (fp32 upcasts, whole chunks)
+        vae.tail_frames = None  # diffusers' bf16 decode as shipped (fp32 upcasts, whole chunks)
         act("est_vae_decode_stock_act_gib", lambda: vae.decode(z_video()))
         vae.tail_frames = 1
-        opt.vae_skip_upcasts(vae)  # as the pipeline runs it: in pieces, 8-bit frames to host
+        # as the pipeline runs it by default: float32 math on the bf16 weights (the official
+        # precision), in pieces, 8-bit frames to the host
+        vae.compute_in_float32()
+        act("est_vae_encode_image_act_gib",
+            lambda: vae.encode_image(torch.empty(image, device=META, dtype=torch.bfloat16)))  # fmt: skip
         act("est_vae_decode_act_gib", lambda: vae.decode_uint8(z_video(), device="cpu"))
+        vae.compute_in_float32(False)
+        opt.vae_skip_upcasts(vae)  # --fast-vae: bf16 math, no fp32 round trips
+        act("est_vae_decode_fast_act_gib", lambda: vae.decode_uint8(z_video(), device="cpu"))
         z = torch.empty(1, config.audio_vae.embed_dim, s.audio_tokens, device=META)
         act("est_audio_decode_act_gib", lambda: parts["vocoder"](parts["audio_vae"].decode(z)))
     est.update(_pipeline_peaks(est, fusion, main))
@@ -323,9 +328,12 @@ def _pipeline_peaks(est: dict[str, float], fusion: FusionModel, main: str) -> di
 
         return max(weights(resident + runs) + act for runs, act in phases.values())
 
+    offload_t5 = peak(COMPONENTS[:1] + COMPONENTS[2:])
     return {
         "est_pipeline_peak_gib": peak(COMPONENTS),
-        "est_pipeline_peak_text_encoder_offload_gib": peak(COMPONENTS[:1] + COMPONENTS[2:]),
+        "est_pipeline_peak_text_encoder_offload_gib": offload_t5,
+        # the default on a GPU under `SMALL_GPU_GIB` (a 40 GB card) keeps umT5 on the host
+        "est_pipeline_peak_default_40gb_gib": offload_t5,
         "est_pipeline_peak_cpu_offload_gib": peak(()),
         "est_pipeline_peak_block_offload_gib": peak((), dit=streamed_dit),
     }

@@ -27,6 +27,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from model import optimize as opt
 from model.modules import attention as attn
 from model.modules.fusion import FusionModel
+from model.modules.video_vae import to_uint8
 from model.options import RuntimeOptions
 from model.pipeline import OviPipeline
 from model.presets import get_preset
@@ -118,6 +120,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "t5": ("t5_3_prompts_ms", "t5_peak_mem_gib"),
     "vae": (
         "vae_encode_image_ms",
+        "vae_decode_fp32_ms",
         "vae_decode_ms",
         "vae_decode_peak_mem_gib",
         "vae_decode_rel_err",
@@ -151,10 +154,12 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "est_t5_act_gib",
         "est_vae_encode_image_act_gib",
         "est_vae_decode_act_gib",
+        "est_vae_decode_fast_act_gib",
         "est_vae_decode_stock_act_gib",
         "est_audio_decode_act_gib",
         "est_pipeline_peak_gib",
         "est_pipeline_peak_text_encoder_offload_gib",
+        "est_pipeline_peak_default_40gb_gib",
         "est_pipeline_peak_cpu_offload_gib",
         "est_pipeline_peak_block_offload_gib",
     ),
@@ -660,8 +665,8 @@ class Bench:
             f["vae_encode_image_ms"], _ = self.clock.median(
                 lambda: vae.encode_image(image.to(self.dtype))
             )
-            with _no_tf32():  # the float32 reference decode: true float32
-                ref = vae32.decode(latent).float()
+            with _no_tf32():  # the float32 reference decode: true float32 (the default VAE)
+                f["vae_decode_fp32_ms"], ref = self.clock.once(partial(vae32.decode, latent))
             del vae32
             self.free()
             # stock diffusers (fp32 round trips, whole chunks), then ours: whole, then in pieces
@@ -696,9 +701,10 @@ class Bench:
             opt.vae_skip_upcasts(vae, enable=False)  # the pipeline section applies it again
         self.say(
             f"VAE: encode image {f['vae_encode_image_ms']:.1f} ms; decode {shape.label}"
-            f" ours {f['vae_decode_ms']:.1f} ms (max pixel err {f['vae_decode_pixel_err_max']}"
-            f" of 255), stock bf16 {f['vae_decode_stock_bf16_ms']:.1f} ms, tiled"
-            f" {f['vae_decode_tiled_ms']:.1f} ms"
+            f" fp32 (default, official) {f['vae_decode_fp32_ms']:.1f} ms; --fast-vae"
+            f" {f['vae_decode_ms']:.1f} ms (max pixel err vs fp32 {f['vae_decode_pixel_err_max']}"
+            f" of 255, mean {f['vae_decode_pixel_err_mean']:.3f}), stock bf16"
+            f" {f['vae_decode_stock_bf16_ms']:.1f} ms, tiled {f['vae_decode_tiled_ms']:.1f} ms"
         )
 
     def run_audio(self) -> None:
@@ -839,7 +845,9 @@ class Bench:
             self.note(key, ESTIMATE_NOTE)
         self.say(
             f"memory (estimated at full size, meta device): pipeline peak"
-            f" {estimates['est_pipeline_peak_gib']:.2f} GiB all resident,"
+            f" {estimates['est_pipeline_peak_gib']:.2f} GiB all resident (the default on a GPU"
+            f" of 42 GiB or more; {estimates['est_pipeline_peak_default_40gb_gib']:.2f} GiB, umT5"
+            " on the host, is the default on a 40 GB card),"
             f" {estimates['est_pipeline_peak_text_encoder_offload_gib']:.2f} GiB with text-encoder"
             f" offload, {estimates['est_pipeline_peak_cpu_offload_gib']:.2f} GiB cpu_offload,"
             f" {estimates['est_pipeline_peak_block_offload_gib']:.2f} GiB block offload"
@@ -993,7 +1001,7 @@ def _pixel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[int, float]:
     """(max, mean) |difference| of the 8-bit frames the pipeline would write."""
 
     def to_u8(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.int16)
+        return to_uint8(x).to(torch.int16)  # the pipeline's (official) conversion
 
     diff = (to_u8(out) - to_u8(ref)).abs()
     return int(diff.max()), float(diff.float().mean())

@@ -2,7 +2,11 @@
 
 Each clip's record goes to `results.jsonl` in the output folder as it finishes; a rerun skips
 the items already written. A bad row fails alone and the batch goes on (exit code 1 at the end).
-Seeds: with `--seed S`, item (row r, repeat k) gets `S + r * repeats + k`.
+Seeds (`item_seed`): with `--seed S`, repeat k of every row gets `S + k`: the official
+`inference.py` scheme as far as its public documentation shows it (a `seed` and
+`each_example_n_times` per prompt, the seed moving with the repeat, not the row), so row r's
+clips are the ones the official script makes for that prompt with the same seed. Not checked
+against its source here (issue 12). Without `--seed`, each clip draws its own (and records it).
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ def read_prompt_table(path: Path) -> list[dict[str, str]]:
         if not (row.get("text_prompt") or "").strip():
             raise UsageError(f"{path}: row {i + 1} has an empty text_prompt")
     return rows
+
+
+def item_seed(seed: int | None, repeat: int) -> int | None:
+    """The seed of clip `repeat` of any row: `seed + repeat`, as the official `inference.py`
+    seeds its repeats (the row does not enter); None stays None (each clip draws one)."""
+    return None if seed is None else seed + repeat
 
 
 def image_paths(rows: list[dict[str, str]], table: Path) -> dict[int, Path]:
@@ -138,7 +148,7 @@ def _generate_items(
                 if r in images:
                     record["image_path"] = str(images[r])
                     image = read_image(images[r])
-                seed = None if params.seed is None else params.seed + r * args.repeats + k
+                seed = item_seed(params.seed, k)
                 out = pipe(
                     row["text_prompt"],
                     image,

@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of CPU ranks
         from server.worker_group import worker_group_main
 
-        worker_group_main(settings, worker_id, 0)
-        return 0
+        return worker_group_main(settings, worker_id, 0)
     from server.metrics import WorkerMetrics
     from server.worker import run_worker_until_signalled
 

@@ -13,9 +13,15 @@ if TYPE_CHECKING:
 def check_request(preset: Preset, prompt: str, params: SamplingParams) -> None:
     """What `OviPipeline.check_inputs` checks, without a pipeline: callers (the CLI) refuse a
     bad prompt or parameter before any model is built. ValueError naming the first bad value."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be a non-empty string (the text that describes the clip)")
+    check_prompt(prompt)
     params.check(preset.config.fusion.video.num_layers)
+
+
+def check_prompt(prompt: object) -> None:
+    """ValueError unless `prompt` is a string: the CLI, the pipeline and the API share it. An
+    empty prompt is fine, as on fal (the official release generates from it too)."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
 
 
 def check_device(device: str | None) -> None:

@@ -307,7 +307,8 @@ class LoraLinear(nn.Module):
             if scale == 0 or name not in self.adapters:
                 continue
             down, up, rank_scale = self.adapters[name]
-            out = out + (x @ down.t().to(x.dtype)) @ (up.t().to(x.dtype) * (scale * rank_scale))
+            down, up = down.to(x.device, x.dtype), up.to(x.device, x.dtype)  # no-ops if there
+            out = out + (x @ down.t()) @ (up.t() * (scale * rank_scale))
         return out
 
 
@@ -339,6 +340,14 @@ def set_lora_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
     for module in model.modules():
         if isinstance(module, LoraLinear):
             module.scales = {name: float(scales.get(name, 0.0)) for name in module.adapters}
+
+
+def detach_lora(model: nn.Module, adapter: str) -> None:
+    """Drop one attached adapter (`attach_loras`) from every `LoraLinear`; the wrappers stay."""
+    for module in model.modules():
+        if isinstance(module, LoraLinear):
+            module.adapters.pop(adapter, None)
+            module.scales.pop(adapter, None)
 
 
 def parse_specs(values: Sequence[str]) -> list[LoraSpec]:

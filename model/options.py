@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+# How the initial noise is drawn (`model/pipeline.py` `draw_noise`): "official" = the official
+# release's procedure on the compute device (reproduces its clips, and fal's); "portable" = one
+# CPU float32 generator (the same starting latents on every device).
+NoiseMode = Literal["official", "portable"]
+NOISE_MODES: tuple[str, ...] = ("official", "portable")
 Quantize = Literal["none", "int8", "fp8_row"]
 
 
@@ -76,8 +81,11 @@ class RuntimeOptions:
     cpu_offload: bool = option(
         False, "keep every component on the CPU; each visits the GPU while it runs"
     )
-    offload_text_encoder: bool = option(
-        False, "keep only umT5 on the CPU, moved to the GPU for prompt encoding (40-48 GB GPUs)"
+    offload_text_encoder: bool | None = option(
+        None,
+        "keep only umT5 on the CPU, moved to the GPU for prompt encoding (default: on for a GPU "
+        "of less than 42 GiB, where all-resident does not fit)",
+        negatable=True,
     )
     block_offload: bool = option(
         False,
@@ -101,6 +109,19 @@ class RuntimeOptions:
     )
     batch_cfg: bool = option(False, "run both guidance passes as one batch of 2")
 
+    # --- parity with the official release (README: "Reproducing a clip") ---
+    noise: NoiseMode = option(
+        "official",
+        "initial noise: official (the official release's draw on the compute device: its seeds "
+        "give its clips) or portable (one CPU float32 generator: the same latents on every "
+        "device); a request's own `noise` wins",
+    )
+    fast_vae: bool = option(
+        False,
+        "compute the Wan VAE in the pipeline dtype (bf16 on CUDA) without fp32 norms: faster, "
+        "not the official pixels (default: float32 compute on the bf16-rounded weights, as the "
+        "official release)",
+    )
     # --- one clip on several devices (model/parallel) ---
     cfg_parallel: bool = option(
         False, "run the positive and the negative guidance pass on two ranks at once"
@@ -159,6 +180,8 @@ class RuntimeOptions:
             raise ValueError(
                 "fp8 compute needs a CUDA GPU (torch._scaled_mm on float8 e4m3); device is cpu"
             )
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         self._check_parallel()
         if self.dtype is not None and self.dtype not in typing.get_args(Dtype):
             raise ValueError(

@@ -16,10 +16,12 @@ Three objects configure it, each with its own lifetime: the `ModelSource` (which
 CLI and the server's worker build a pipeline (the benchmark assembles its own full-size random
 components with the same constructor).
 
-Seeds: the initial noise is drawn from a CPU `torch.Generator` seeded with `seed` (video noise
-first, then audio noise), in float32, whatever the compute device. The same seed and settings
-therefore give the same starting latents everywhere, and the same video on the same hardware
-and software; GPU kernels may differ across GPU models.
+Seeds (`draw_noise`; README "Reproducing a clip"): the default `noise="official"` draws as the
+official release does: the video noise, then the audio noise, each from a fresh
+`torch.Generator` on the compute device seeded with `seed`, in the compute dtype (bf16 on
+CUDA). A seed then gives the official (and fal's) starting latents on the same kind of device;
+CUDA, CPU and MPS generators give different numbers. `noise="portable"` draws both from one CPU
+generator in float32 instead: the same starting latents on every device.
 """
 
 from __future__ import annotations
@@ -50,14 +52,29 @@ from .convert.mmaudio import (
 from .convert.umt5 import load_t5, random_t5_state
 from .convert.wan_vae import load_wan_vae, random_wan_vae_state
 from .loading import read_checkpoint
-from .lora import LoraSpec, apply_loras, parse_specs
+from .lora import (
+    LoraError,
+    LoraSpec,
+    apply_loras,
+    attach_loras,
+    detach_lora,
+    load_lora,
+    parse_specs,
+    set_lora_scales,
+)
 from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
-from .optimize.fast_path import FastPath, optimize_pipeline, resolve_fast_path
+from .optimize.fast_path import (
+    FastPath,
+    optimize_pipeline,
+    projections_fused,
+    resolve_fast_path,
+    unfuse_projections,
+)
 from .optimize.offload import visit_device
 from .optimize.quantize import quantize_blocks
 from .optimize.step_cache import ForwardCount, StepCache
-from .options import ModelSource, RuntimeOptions
+from .options import ModelSource, NoiseMode, RuntimeOptions
 from .parallel import ParallelRuntime
 from .preprocess import (
     area_mismatch,
@@ -69,7 +86,7 @@ from .presets import AUDIO_SAMPLE_RATE, DEFAULT_VARIANT, VIDEO_FPS, Preset, fast
 from .sampling import MAX_SEED, SamplingParams
 from .schedulers import make_scheduler
 from .text import format_prompt
-from .weights import DEFAULT_WEIGHTS_DIR, inner_key, resolve_files
+from .weights import DEFAULT_WEIGHTS_DIR, fetch_command, inner_key, resolve_files, variant_files
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +103,9 @@ class StepInfo:
     # The current clean-video estimate x0 = x_t - sigma_t * v [B, 48, F, h, w] (for previews,
     # e.g. `model.preview.LatentPreview`); None where the caller gives no callback.
     denoised: torch.Tensor | None = None
+
+
+MAX_ADAPTERS = 8  # per-request LoRA files a pipeline keeps attached (`OviPipeline.adapters`)
 
 
 @dataclass
@@ -205,6 +225,38 @@ def denoise(
     return video, audio
 
 
+def draw_noise(
+    mode: NoiseMode,
+    seed: int,
+    video_shape: tuple[int, ...],
+    audio_shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial (video, audio) latents for `seed`, on `device` in `dtype`.
+
+    "official": as the official release, each tensor from its own fresh generator on `device`
+    seeded with `seed` (video first), drawn directly in `dtype` (bf16 on CUDA) with the
+    official unbatched shapes ([C, F, h, w] and [L, C]; a leading batch of 1 is added after).
+    "portable": one CPU generator, float32, video then audio, then moved and cast. `seed` may
+    be anything `torch.Generator.manual_seed` takes (negative ones included)."""
+    if mode == "portable":
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        video = torch.randn(video_shape, generator=generator, dtype=torch.float32)
+        audio = torch.randn(audio_shape, generator=generator, dtype=torch.float32)
+        return video.to(device, dtype), audio.to(device, dtype)
+    if mode != "official":
+        raise ValueError(f"noise must be official or portable, got {mode!r}")
+    drawn = []
+    for shape in (video_shape, audio_shape):
+        unbatched = shape[1:] if len(shape) > 1 and shape[0] == 1 else shape
+        # (a `meta` device has no generator: shapes only, for memory planning)
+        generator = None if device.type == "meta" else torch.Generator(device).manual_seed(seed)
+        noise = torch.randn(unbatched, dtype=dtype, device=device, generator=generator)
+        drawn.append(noise.reshape(shape))
+    return drawn[0], drawn[1]
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -221,8 +273,23 @@ def _plan(
     check_device(runtime.device)
     device = torch.device(runtime.device or default_device or _default_device())
     runtime = runtime.replace(device=str(device))
+    if runtime.offload_text_encoder is None:  # decided by the GPU's size
+        runtime = runtime.replace(offload_text_encoder=_small_gpu(device))
     config = transforms if transforms is not None else resolve_fast_path(runtime, device)
     return runtime, device, config
+
+
+# All resident, the default mode needs ~39.5 GiB at 704x704x121 (README memory table: the Wan VAE
+# decodes in float32 math, as the official release); below this much GPU memory umT5 is kept on
+# the host instead (35.3 GiB), so a 40 GB card runs the default with the same pixels.
+SMALL_GPU_GIB = 42.0
+
+
+def _small_gpu(device: torch.device) -> bool:
+    """True for a CUDA device with less than `SMALL_GPU_GIB` of memory."""
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_properties(device).total_memory < SMALL_GPU_GIB * 2**30
 
 
 def _compute_dtype(runtime: RuntimeOptions, device: torch.device) -> torch.dtype:
@@ -276,6 +343,12 @@ class OviPipeline:
         self.audio_vae = audio_vae
         self.vocoder = vocoder
         self.dtype = _compute_dtype(runtime, self.device)
+        # Wan VAE precision: the official release keeps the VAE's weights in bf16 but encodes and
+        # decodes under a float32 autocast (fp32 norms and latent statistics): float32 math on
+        # the bf16 weights (`VideoVAE.compute_in_float32`). `fast_vae` computes in the weights'
+        # dtype instead.
+        if not runtime.fast_vae:
+            video_vae.compute_in_float32()
         # block offload: the DiT stays on the host (BlockOffload places it), the rest offloads
         self.cpu_offload = runtime.cpu_offload or (config is not None and config.block_offload)
         components = [text_encoder, fusion, video_vae, audio_vae, vocoder]
@@ -302,6 +375,12 @@ class OviPipeline:
             quantize_blocks(fusion, runtime.quantize)
         # one clip on several ranks (model/parallel): None in a single process
         self.parallel = ParallelRuntime.from_options(runtime)
+        # per-request LoRAs (`adapters`): file -> (mtime_ns, size) of the attached version
+        self._adapters: dict[str, tuple[int, int]] = {}
+        # the few-step mode's FastWan LoRA for requests that ask for it (`from_pretrained` sets
+        # it; random-weight presets have none: their fast mode is the sampling preset alone)
+        self.fast_lora: Path | None = None
+        self.fast_lora_hint = ""
 
     # ----------------------------------------------------------------------------------------
     # construction
@@ -338,7 +417,11 @@ class OviPipeline:
             tokenizer_dir=files["tokenizer"],
         )
         loras = [LoraSpec(str(files["fast_lora"]))] if runtime.fast else []
-        return cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
+        pipe = cls(preset, *parts, runtime=runtime, transforms=config, loras=loras)
+        if not runtime.fast:  # per-request fast mode: the file is attached on first use
+            pipe.fast_lora = Path(weights_dir) / variant_files(variant, fast=True)[-1].local
+            pipe.fast_lora_hint = fetch_command(variant, Path(weights_dir), runtime.fp8, fast=True)
+        return pipe
 
     @classmethod
     def from_preset(
@@ -461,14 +544,13 @@ class OviPipeline:
         return video, (1, self.preset.audio_latent_length, cfg.fusion.audio.in_dim)
 
     def prepare_latents(
-        self, seed: int, height: int, width: int
+        self, seed: int, height: int, width: int, noise: NoiseMode | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Initial noise: video [1, 48, F, H/16, W/16] then audio [1, La, 20], CPU generator."""
+        """Initial noise: video [1, 48, F, H/16, W/16] then audio [1, La, 20] (`draw_noise`;
+        `noise` None: `runtime.noise`)."""
         video_shape, audio_shape = self.latent_shapes(height, width)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        video = torch.randn(video_shape, generator=generator, dtype=torch.float32)
-        audio = torch.randn(audio_shape, generator=generator, dtype=torch.float32)
-        return video.to(self.device, self.dtype), audio.to(self.device, self.dtype)
+        mode = noise or self.runtime.noise
+        return draw_noise(mode, seed, video_shape, audio_shape, self.device, self.dtype)
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -478,7 +560,8 @@ class OviPipeline:
             raise ValueError(
                 f"image preprocessed to {tuple(pixels.shape[-2:])}, expected {(height, width)}"
             )
-        with self._on_device(self.video_vae):
+        with self._on_device(self.video_vae):  # the pixels in the pipeline dtype, as the
+            # official engine hands them over; the VAE computes in its own (float32) dtype
             latent = self.video_vae.encode_image(pixels.to(self.device, self.dtype))
         return latent.to(self.device, self.dtype)
 
@@ -494,8 +577,10 @@ class OviPipeline:
             if self.parallel is None:
                 frames = self.video_vae.decode_uint8(latent, device="cpu")
             else:  # rows split over the ranks, gathered
+                from .modules.video_vae import to_uint8
+
                 pixels = self.parallel.decode_video(self.video_vae, latent)  # [1, 3, T, H, W]
-                frames = self.video_vae.to_uint8(pixels).cpu()
+                frames = to_uint8(pixels).permute(0, 2, 3, 4, 1).cpu()
         frames_np = frames[0].numpy()  # [T, H, W, 3]
         vae_done = time.perf_counter()
         with self._on_device(self.audio_vae), self._on_device(self.vocoder):
@@ -538,7 +623,7 @@ class OviPipeline:
         # 3. latents
         clock = time.perf_counter()
         first_frame = self.encode_image(image, height, width) if image is not None else None
-        video, audio = self.prepare_latents(seed, height, width)
+        video, audio = self.prepare_latents(seed, height, width, params.noise)
         timings["image_encode"] = time.perf_counter() - clock
         # 4. denoise
         clock = time.perf_counter()
@@ -568,6 +653,59 @@ class OviPipeline:
 
     # ----------------------------------------------------------------------------------------
     # memory
+
+    @contextlib.contextmanager
+    def adapters(self, specs: Sequence[LoraSpec], fast: bool = False) -> Iterator[None]:
+        """Per-request LoRAs, unmerged (`model.lora.attach_loras`), for the clips run inside:
+        each file is read and checked on first use and kept attached (up to `MAX_ADAPTERS`
+        files, the least recently used dropped; a changed file is read again), switched on at
+        its strength here and off after, so requests switch LoRAs without reloading.
+        `fast` adds the few-step mode's FastWan LoRA (`fast_lora`) at strength 1.
+        The adapters wrap the q/k/v linears, so fused projections are unfused on first use;
+        8-bit block linears and multi-rank clips cannot carry them (LoraError)."""
+        specs = list(specs)
+        if fast and self.fast_lora is not None:
+            if not self.fast_lora.is_file():
+                raise LoraError(
+                    f"the few-step mode's FastWan LoRA is missing ({self.fast_lora}): fetch it"
+                    f" with `{self.fast_lora_hint}`"
+                )
+            specs.append(LoraSpec(str(self.fast_lora)))
+        if not specs:
+            yield
+            return
+        if self.runtime.quantize != "none" or self.parallel is not None:
+            raise LoraError(
+                "per-request LoRAs need a single-process worker with unquantised DiT linears"
+                " (quantize none, no --sp/--cfg-parallel); merge them at load with --lora instead"
+            )
+        if projections_fused(self.fusion):
+            unfuse_projections(self.fusion)
+        scales: dict[str, float] = {}
+        for spec in specs:
+            path = Path(spec.path)
+            if not path.is_file():
+                raise LoraError(f"LoRA file not found: {path}")
+            stat = path.stat()
+            name, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
+            if self._adapters.get(name) != version:
+                lora = load_lora(path, self.fusion)  # every error before the model changes
+                detach_lora(self.fusion, name)
+                attach_loras(self.fusion, {name: lora})
+                logger.info("LoRA %s attached (unmerged) to %s", path, lora.towers)
+            self._adapters.pop(name, None)
+            self._adapters[name] = version  # most recently used last
+            scales[name] = scales.get(name, 0.0) + spec.scale
+        for name in [n for n in self._adapters if n not in scales][
+            : max(0, len(self._adapters) - MAX_ADAPTERS)
+        ]:
+            detach_lora(self.fusion, name)
+            del self._adapters[name]
+        set_lora_scales(self.fusion, scales)
+        try:
+            yield
+        finally:
+            set_lora_scales(self.fusion, {})
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[None]:

@@ -37,7 +37,6 @@ MULTIPLE = 32  # every output side is a multiple of this
 AREA_TOLERANCE = 0.10  # the engine warns when a t2v request is further than this from the area
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard: refuse to decode larger images
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
-BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
 _HEIGHT_OFFSETS = range(-3, 4)  # i2v: heights tried around the aspect-derived one, in cells
 
 
@@ -128,19 +127,18 @@ def _open(data: bytes | str | Path) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`: transparency flattened onto white, 16-bit gray scaled to 8 bits."""
+    """RGB copy of `image`, as the official release reads it (OpenCV's default colour mode):
+    an alpha channel is dropped and the stored colour kept, even under fully transparent
+    pixels (no compositing); a palette gives its colours; 16-bit gray is scaled to 8 bits."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit gray PNG
         gray = np.asarray(image, dtype=np.float64) / 257.0
         return Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        flat.alpha_composite(rgba)
-        return flat.convert("RGB")
+    if image.mode in ("RGBa", "La"):  # premultiplied: the stored colour is the unpremultiplied one
+        image = image.convert(image.mode.upper())
+    if image.mode in ("RGBA", "LA", "PA"):
+        return image.convert(image.mode[:-1]).convert("RGB")  # drop alpha, keep the colour
     return image.convert("RGB")
 
 
@@ -162,10 +160,11 @@ def load_image(
 ) -> Image.Image:
     """Decode a PNG, JPEG, WebP or GIF (its first frame) into an upright RGB image.
 
-    `data` is the encoded file (bytes) or a path to it. EXIF orientation is applied and
-    transparency is flattened onto white. Raises `ImageLoadError` naming the problem for empty,
-    unreadable, corrupt, unsupported or oversized (> `max_pixels`, read from the header before
-    any pixel is decoded) images.
+    `data` is the encoded file (bytes) or a path to it. EXIF orientation is applied and an
+    alpha channel is dropped, keeping the stored colour (`to_rgb`, as the official release
+    reads images). Raises `ImageLoadError` naming the problem for empty, unreadable, corrupt,
+    unsupported or oversized (> `max_pixels`, read from the header before any pixel is decoded)
+    images.
 
     With `pixel_budget`, an image with more pixels comes back reduced by an integer factor to
     at most that many: a JPEG is decoded at 1/2, 1/4 or 1/8 scale directly (DCT scaling), other

@@ -86,8 +86,19 @@ FIVE_SECONDS = (31, 157)  # 121 frames at 24 fps, 5.02 s of 16 kHz audio
 TEN_SECONDS = (61, 314)  # 241 frames, 10.05 s
 
 
+# The official t2v default size (height, width) per release: the 1.1 inference config asks for
+# 704x1280; the 1.0 config (and the official gradio app) for 512x992. Snapped to the area.
+T2V_SIZE_1_0 = (512, 992)
+T2V_SIZE_1_1 = (704, 1280)
+
+
 def _released(
-    name: str, lengths: tuple[int, int], side: int, style: PromptStyle, description: str
+    name: str,
+    lengths: tuple[int, int],
+    side: int,
+    style: PromptStyle,
+    description: str,
+    t2v_size: tuple[int, int] = T2V_SIZE_1_1,
 ) -> Preset:
     return Preset(
         name=name,
@@ -97,6 +108,7 @@ def _released(
         video_area=side * side,
         prompt_style=style,
         fusion_file=f"fusion_{name}",
+        sampling=SamplingParams(height=t2v_size[0], width=t2v_size[1]),
         description=description,
     )
 
@@ -116,7 +128,14 @@ _TINY = Preset(
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        _released("720x720_5s", FIVE_SECONDS, 720, "audcap", "Ovi 1.0: 5 s clips around 720x720"),
+        _released(
+            "720x720_5s",
+            FIVE_SECONDS,
+            720,
+            "audcap",
+            "Ovi 1.0: 5 s clips around 720x720",
+            t2v_size=T2V_SIZE_1_0,
+        ),
         _released(
             "960x960_5s", FIVE_SECONDS, 960, "audio_colon", "Ovi 1.1: 5 s clips around 960x960"
         ),
@@ -153,10 +172,15 @@ FAST_STEPS_10S = 10
 FAST_SHIFT = 6.0
 
 
-def fast_preset(preset: Preset) -> Preset:
-    """`preset` with the few-step sampling defaults (the LoRA is merged by the pipeline)."""
+def fast_sampling(params: SamplingParams, preset: Preset) -> SamplingParams:
+    """`params` in the few-step mode for `preset`'s length: 6 steps (10 for 10 s), guidance 1
+    on both towers, shift 6 (prompts, seed and size kept)."""
     steps = FAST_STEPS_10S if preset.video_latent_length >= TEN_SECONDS[0] else FAST_STEPS
-    sampling = preset.sampling.replace(
+    return params.replace(
         steps=steps, video_guidance_scale=1.0, audio_guidance_scale=1.0, shift=FAST_SHIFT
     )
-    return replace(preset, sampling=sampling)
+
+
+def fast_preset(preset: Preset) -> Preset:
+    """`preset` with the few-step sampling defaults (the LoRA is merged by the pipeline)."""
+    return replace(preset, sampling=fast_sampling(preset.sampling, preset))

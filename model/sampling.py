@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .options import option
+from .options import NOISE_MODES, NoiseMode, option
 
 Solver = Literal["unipc", "dpm++", "euler"]
 SOLVERS: tuple[str, ...] = ("unipc", "dpm++", "euler")
@@ -24,6 +24,8 @@ DEFAULT_VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
 DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
 
 MAX_SEED = 2**31 - 1  # a drawn seed fits every client's integer type (JS numbers included)
+# What `torch.Generator.manual_seed` accepts: a negative seed is taken modulo 2**64 by torch.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 MAX_STEPS = 1000
 
 
@@ -47,6 +49,10 @@ class SamplingParams:
     )
     audio_negative_prompt: str = option(DEFAULT_AUDIO_NEGATIVE_PROMPT, "audio negative prompt")
     seed: int | None = option(None, "random seed (default: random, always reported)")
+    # None: the pipeline's `RuntimeOptions.noise` (the CLI spells it --noise, a runtime flag).
+    noise: NoiseMode | None = option(
+        None, "initial noise procedure (official, portable)", cli=False
+    )
     # t2v: the requested size, snapped to the variant's area; i2v follows the image instead.
     height: int = option(512, "t2v height before snapping to the variant's area", cli=False)
     width: int = option(992, "t2v width before snapping to the variant's area", cli=False)
@@ -76,5 +82,12 @@ class SamplingParams:
             value = getattr(self, name)
             if not 32 <= value <= 4096:
                 raise ValueError(f"{name} must be in 32..4096 pixels, got {value}")
-        if self.seed is not None and not 0 <= self.seed <= 2**63 - 1:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        low, high = SEED_RANGE
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not low <= self.seed <= high
+        ):
+            raise ValueError(f"seed must be an integer in {low}..{high}, got {self.seed!r}")
+        if self.noise is not None and self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")

@@ -120,6 +120,23 @@ async def require_caller(
 CallerDep = Annotated[Caller, Depends(require_caller)]
 
 
+async def require_bearer_caller(
+    settings: SettingsDep,
+    authorization: Annotated[
+        str | None, Header(description='"Bearer <key>" (or fal\'s "Key <key>")')
+    ] = None,
+) -> Caller:
+    """`require_caller` for the OpenAI-style API: `Bearer <key>` (the `openai` SDK's) is read as
+    fal's `Key <key>`, against the same keys, admin keys included."""
+    scheme, _, rest = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        authorization = f"Key {rest.strip()}"
+    return authenticate(authorization, settings)
+
+
+BearerCallerDep = Annotated[Caller, Depends(require_bearer_caller)]
+
+
 async def optional_caller(
     settings: SettingsDep,
     authorization: Annotated[str | None, Depends(_api_key_header)] = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 
 from fastapi import FastAPI
@@ -99,8 +100,10 @@ class BodyLimitMiddleware:
 class BodyTimeoutMiddleware:
     """408 when a request body stalls: each piece of it must arrive within `timeout_s` (a client
     that declares `Content-Length: 1000` and sends 15 bytes no longer holds a connection for
-    ever). Once the body is complete, `receive` is passed through untouched (streaming answers
-    wait on it for the disconnect)."""
+    ever), and the whole body within `timeout_s` plus its size at `MIN_BODY_RATE` (a client that
+    drips a byte every few seconds is cut off too; any link faster than that rate is never).
+    Once the body is complete, `receive` is passed through untouched (streaming answers wait on
+    it for the disconnect)."""
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app
@@ -111,16 +114,27 @@ class BodyTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         body_done = False
+        started: float | None = None  # the first read (time the app takes before it is not counted)
+        received = 0
 
         async def timed_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received, started
             if body_done:
                 return await receive()
+            if started is None:
+                started = time.monotonic()
+            allowed = started + self.timeout_s + received / MIN_BODY_RATE - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                if allowed <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(receive(), min(self.timeout_s, allowed))
             except asyncio.TimeoutError:  # FastAPI re-raises HTTPException as is
-                detail = BODY_TIMEOUT.format(self.timeout_s)
+                if allowed < self.timeout_s:
+                    detail = BODY_TOO_SLOW.format(MIN_BODY_RATE // 1024, self.timeout_s)
+                else:
+                    detail = BODY_TIMEOUT.format(self.timeout_s)
                 raise HTTPException(408, detail, headers={"Connection": "close"}) from None
+            received += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -129,6 +143,9 @@ class BodyTimeoutMiddleware:
 
 
 BODY_TIMEOUT = "Request body not received in time: no data for {:g} s"
+BODY_TOO_SLOW = "Request body too slow: under {} KiB/s after the first {:g} s"
+# The slowest body upload accepted past `body_read_timeout_s` (bytes per second).
+MIN_BODY_RATE = 16 * 1024
 _REQUEST_ID_IN_PATH = re.compile(r"/requests/([^/]+)")
 
 

@@ -1,18 +1,24 @@
 """fal's wire format for the two Ovi endpoints: inputs, outputs, queue status, and their OpenAPI.
 
-Field names, order, defaults, ranges and descriptions are fal's (`fal-ai/ovi`,
-`fal-ai/ovi/image-to-video`). Unknown input fields are ignored, as fal does; invalid ones give
-FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. The default negative prompts are the
-model's own (`model.sampling`, a light module: no torch in the API process).
+Field names, order, defaults, ranges, nullability, descriptions and schema names are fal's
+(`fal-ai/ovi`, `fal-ai/ovi/image-to-video`: its OpenAPI and fal-js generated types name them
+`OviT2VRequest`/`OviT2VResponse`, `OviI2VRequest`/`OviI2VResponse`, `ResolutionEnum`, `File`; the
+older names here, `OviInput` and so on, are aliases). Unknown input fields are ignored, as fal
+does; invalid ones give FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. One extra input,
+`noise`, is ours and left out of the published schemas (fal ignores it). The default negative
+prompts are the model's own (`model.sampling`, a light module: no torch in the API process).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from enum import Enum
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from model.sampling import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
+from model.options import NoiseMode
+from model.sampling import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SEED_RANGE
 
 T2V_APP = "fal-ai/ovi"
 I2V_APP = "fal-ai/ovi/image-to-video"
@@ -31,7 +37,20 @@ RESOLUTIONS: tuple[str, ...] = (
     "448x1120",
     "1120x448",
 )
-Resolution = Literal["512x992", "992x512", "960x512", "512x960", "720x720", "448x1120", "1120x448"]
+
+
+# fal's t2v `resolution` values ("WxH"); a str enum, so `.split("x")` works on a member.
+class ResolutionEnum(str, Enum):
+    r512x992 = "512x992"
+    r992x512 = "992x512"
+    r960x512 = "960x512"
+    r512x960 = "512x960"
+    r720x720 = "720x720"
+    r448x1120 = "448x1120"
+    r1120x448 = "1120x448"
+
+
+Resolution = ResolutionEnum  # the older name
 
 EXAMPLE_PROMPT = (
     "An intimate close-up of a European woman with long dark hair as she gently brushes her hair"
@@ -43,37 +62,20 @@ EXAMPLE_PROMPT = (
 )
 EXAMPLE_IMAGE_URL = "https://storage.googleapis.com/falserverless/example_inputs/ovi_i2v_input.png"
 
-Seed = Annotated[
-    int | None,
-    WithJsonSchema(
-        {
-            "type": "integer",
-            "title": "Seed",
-            "description": "Random seed for reproducibility. If None, a random seed is chosen.",
-        }
-    ),
-]
-
-
-MAX_SEED = 2**63 - 1
+MIN_SEED, MAX_SEED = SEED_RANGE  # what torch.Generator.manual_seed accepts
+MAX_REQUEST_LORAS = 4  # per-request LoRAs (the `lora` extra field)
 
 
 class _InputChecks(BaseModel):
     """Checks fal's schema does not spell out but the model needs: a 422 now beats a failed
-    job later. They leave the JSON schema exactly fal's."""
-
-    @field_validator("prompt", check_fields=False)
-    @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
-        return value
+    job later. They leave the JSON schema exactly fal's (an empty prompt is fine, as on fal)."""
 
     @field_validator("seed", check_fields=False)
     @classmethod
     def _seed_range(cls, value: int | None) -> int | None:
-        if value is not None and not 0 <= value <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED}")
+        # negative seeds (clients send -1 for "random") are used as given, and echoed back
+        if value is not None and not MIN_SEED <= value <= MAX_SEED:
+            raise ValueError(f"seed must be between {MIN_SEED} and {MAX_SEED}")
         return value
 
 
@@ -95,28 +97,76 @@ class _CommonInput(_InputChecks):
     audio_negative_prompt: str = Field(
         DEFAULT_AUDIO_NEGATIVE_PROMPT, description="Negative prompt for audio generation."
     )
-    seed: Seed = None
+    seed: int | None = Field(
+        None,
+        title="Seed",
+        description="Random seed for reproducibility. If None, a random seed is chosen.",
+    )
+    # ours, not fal's: the initial-noise procedure (`RuntimeOptions.noise`); None: the server's
+    noise: SkipJsonSchema[NoiseMode | None] = None
+
+
+FAL_FIELDS: tuple[str, ...] = tuple(f for f in _CommonInput.model_fields if f != "noise")
 
 
 def _fal_order(*last: str) -> ConfigDict:
-    order = [*_CommonInput.model_fields, *last]
+    order = [*FAL_FIELDS, *last]
     return ConfigDict(extra="ignore", json_schema_extra={"x-fal-order-properties": order})
 
 
-class OviInput(_CommonInput):
-    """Input of `fal-ai/ovi` (text-to-video)."""
+class LoraInput(BaseModel):
+    """One per-request LoRA: a file of the server's LoRA folder (`path`, a name inside the
+    `lora_dir` setting) or one of its stored files (`url`, a `/files/...` URL of an upload),
+    never an arbitrary local path or a foreign URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, description="A LoRA file name inside the server's LoRA folder (`lora_dir`)."
+    )
+    url: str | None = Field(
+        None, description="A LoRA file uploaded to this server's storage (its /files URL)."
+    )
+    scale: float = Field(1.0, ge=-10, le=10, description="Strength of the LoRA.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoraInput:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of path and url")
+        return self
+
+
+class _OviExtras(BaseModel):
+    """ovi-server's own fields, after fal's (mixed in first, so fal's order stays in front).
+    Their defaults are fal's behaviour: a fal request runs as on fal."""
+
+    lora: list[LoraInput] = Field(
+        default_factory=list,
+        max_length=MAX_REQUEST_LORAS,
+        description="ovi-server extra: LoRAs applied to this request only (unmerged), each from"
+        " the server's LoRA folder or its storage.",
+    )
+    fast: bool = Field(
+        False,
+        description="ovi-server extra: the few-step mode (FastWan LoRA on the video tower, 6"
+        " steps, 10 for 10 s, guidance 1, shift 6; num_inference_steps is ignored).",
+    )
+
+
+class _OviFalInput(_CommonInput):
+    """fal's input of `fal-ai/ovi`."""
 
     model_config = _fal_order("resolution")
 
-    resolution: Resolution = Field(
-        "992x512",
+    resolution: ResolutionEnum = Field(
+        ResolutionEnum.r992x512,
         description="Resolution of the generated video in W:H format. One of (512x992, 992x512,"
         " 960x512, 512x960, 720x720, 448x1120 or 1120x448).",
     )
 
 
-class OviImageToVideoInput(_CommonInput):
-    """Input of `fal-ai/ovi/image-to-video`."""
+class _OviImageToVideoFalInput(_CommonInput):
+    """fal's input of `fal-ai/ovi/image-to-video`."""
 
     model_config = _fal_order("image_url")
 
@@ -127,7 +177,20 @@ class OviImageToVideoInput(_CommonInput):
     )
 
 
-INPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviInput, I2V_APP: OviImageToVideoInput}
+class OviT2VRequest(_OviExtras, _OviFalInput):
+    """Input of `fal-ai/ovi` (text-to-video): fal's fields, then ovi-server's extras."""
+
+    model_config = _fal_order("resolution", *_OviExtras.model_fields)
+
+
+class OviI2VRequest(_OviExtras, _OviImageToVideoFalInput):
+    """Input of `fal-ai/ovi/image-to-video`: fal's fields, then ovi-server's extras."""
+
+    model_config = _fal_order("image_url", *_OviExtras.model_fields)
+
+
+OviInput, OviImageToVideoInput = OviT2VRequest, OviI2VRequest  # the older names
+INPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviT2VRequest, I2V_APP: OviI2VRequest}
 
 
 # --- outputs ------------------------------------------------------------------------------------
@@ -152,20 +215,22 @@ class File(BaseModel):
     file_size: int | None = Field(None, description="The size of the file in bytes.")
 
 
-class OviOutput(BaseModel):
-    """Output of both endpoints."""
+class OviT2VResponse(BaseModel):
+    """Output of `fal-ai/ovi`. As fal publishes it, only `seed` is required (`video` is
+    nullable); this server always sends the video."""
 
     model_config = ConfigDict(json_schema_extra={"x-fal-order-properties": ["video", "seed"]})
 
-    video: File = Field(..., description="The generated video file.")
+    video: File | None = Field(None, description="The generated video file.")
     seed: int = Field(..., description="The seed used for generation.")
 
 
-class OviImageToVideoOutput(OviOutput):
+class OviI2VResponse(OviT2VResponse):
     """Output of `fal-ai/ovi/image-to-video` (same fields)."""
 
 
-OUTPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviOutput, I2V_APP: OviImageToVideoOutput}
+OviOutput, OviImageToVideoOutput = OviT2VResponse, OviI2VResponse  # the older names
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {T2V_APP: OviT2VResponse, I2V_APP: OviI2VResponse}
 
 
 # --- queue --------------------------------------------------------------------------------------
@@ -240,20 +305,12 @@ class HealthStatus(BaseModel):
 # --- fal's per-endpoint queue OpenAPI -----------------------------------------------------------
 
 
-def _schema_name(model: type[BaseModel], endpoint_id: str) -> str:
-    stem = "OviImageToVideo" if endpoint_id == I2V_APP else "Ovi"
-    if issubclass(model, OviOutput):
-        return f"{stem}Output"
-    return f"{stem}Input"
-
-
 def queue_openapi(endpoint_id: str, server_url: str) -> dict[str, Any]:
     """The queue OpenAPI document fal publishes per endpoint (`openapi` 3.0.4)."""
     if endpoint_id not in INPUT_MODELS:
         raise KeyError(endpoint_id)
     input_model, output_model = INPUT_MODELS[endpoint_id], OUTPUT_MODELS[endpoint_id]
-    input_name = _schema_name(input_model, endpoint_id)
-    output_name = _schema_name(output_model, endpoint_id)
+    input_name, output_name = input_model.__name__, output_model.__name__  # fal's names
     ref = "#/components/schemas/{model}"
 
     schemas: dict[str, Any] = {}
@@ -289,8 +346,7 @@ def queue_openapi(endpoint_id: str, server_url: str) -> dict[str, Any]:
         "schema": {"type": "string"},
         "description": "Request ID",
     }
-    owner, alias = QUEUE_APP.split("/")
-    by_id = f"/{owner}/{alias}/requests/{{request_id}}"
+    by_id = f"/{endpoint_id}/requests/{{request_id}}"  # fal's: under the full endpoint id
     paths: dict[str, Any] = {
         f"{by_id}/status": {
             "get": {

@@ -43,6 +43,7 @@ from server.jobs import (
 )
 from server.jobs.base import CANCELLED, Priority
 from server.jobs.errors import JobStoreError, StoreUnavailableError
+from server.lora_inputs import check_lora_inputs
 from server.readiness import Faults, Readiness, assess, is_disk_full
 from server.schemas import QUEUE_APP, OviImageToVideoInput
 from server.settings import ServerSettings
@@ -215,7 +216,7 @@ class Serving:
     async def get(
         self, request_id: str, owner: str | None = None, *, with_input: bool = False
     ) -> Job:
-        """The job (without its input unless `with_input`) as `owner` may see it."""
+        """The job (its input only if asked) as `owner` may see it."""
         return await self._call(lambda: self._visible(request_id, owner, with_input=with_input))
 
     # --- submit ---
@@ -230,6 +231,17 @@ class Serving:
         if options.webhook_url:
             await self._check_webhook(options.webhook_url)
         await self.admit()
+        loras = [entry.model_dump() for entry in getattr(body, "lora", [])]
+        if loras:  # the `lora` extra field: a 422 now, not a failed job later
+            owner = submission.user_id if settings.files_require_key else None
+            try:
+                detail = await self._call(
+                    lambda: check_lora_inputs(loras, settings.lora_dir, self.storage, owner)
+                )
+            except Exception as exc:  # the storage itself failed (a missing file is a 422)
+                raise self.refusal(exc, "storage") from exc
+            if detail:
+                raise InputValidationError(detail)
         image = None
         if isinstance(body, OviImageToVideoInput):
             image = await load_image_input(

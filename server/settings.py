@@ -205,6 +205,11 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     # --- inputs, storage, webhooks, TLS ---
     # (fields owned by fetch.py / storage.py / webhooks.py / tls.py go in this block)
+    lora_dir: Path | None = Field(
+        None,
+        description="Folder of LoRA files a request may name in its `lora` field (`path`: a file"
+        " name inside it); None: only LoRAs uploaded to the storage (`url`).",
+    )
     url_allowlist: StrList = Field(
         default_factory=list,
         description="Hosts, IPs or CIDRs that image_url fetches and webhooks may reach although"
@@ -228,7 +233,10 @@ class ServerSettings(_RuntimeSettings):  # type: ignore[misc, valid-type]
 
     # --- bounded request costs ---
     body_read_timeout_s: float = Field(
-        30.0, gt=0, description="Longest wait for the next piece of a request body (then 408)."
+        30.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body (then 408); past it, the"
+        " body must also keep up 16 KiB/s on average.",
     )
     image_max_pixels: int = Field(
         16_000_000,

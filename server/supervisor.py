@@ -25,9 +25,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from server.jobs.base import JobStore
+from server.procs import pid_alive
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ def worker_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
     if settings.runtime.parallel_size > 1:  # --cfg-parallel/--sp: a group of ranks per clip
         from server.worker_group import worker_group_main
 
-        worker_group_main(settings, worker_id, slot)
-        return
+        raise SystemExit(worker_group_main(settings, worker_id, slot))
     from server.worker import worker_process_main
 
     worker_process_main(settings, worker_id, slot)
@@ -246,22 +245,6 @@ class WorkerSupervisor:
                 slot.process = None
             self._retry_at = 0.0
             self._recover_pending()
-
-
-def pid_alive(pid: int) -> bool:
-    """True if `pid` is a running process (a zombie, dead but not reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (not Linux): trust the signal probe
-    state = stat.rsplit(")", 1)[-1].split()[:1]
-    return state not in (["Z"], ["X"])
 
 
 def _signal(pid: int, sig: int) -> None:

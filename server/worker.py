@@ -27,6 +27,7 @@ keeps, and saves the output there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import multiprocessing
@@ -40,10 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.presets import fast_sampling
 from model.sampling import SamplingParams
 from server.jobs import StoreUnavailableError, open_store
 from server.jobs.base import CANCELLED, Job, JobError, JobStore, Outcome, WorkerInfo, WorkerState
 from server.logs import REQUEST_ID, configure_logging
+from server.lora_inputs import resolve_lora_files
 from server.metrics import StepTimer, WorkerMetrics
 from server.readiness import is_disk_full
 from server.schemas import I2V_APP, T2V_APP
@@ -61,13 +64,15 @@ def sampling_params(app: str, request: dict[str, Any], defaults: SamplingParams)
     `SamplingParams` of the clip: the variant's `defaults` with the request's values.
 
     fal's `resolution` is "WxH" (`992x512` = 992 wide, 512 high): this is the one place it is
-    parsed. Knobs fal does not expose (solver, shift, guidance, SLG) keep the defaults.
+    parsed. Knobs fal does not expose (solver, shift, guidance, SLG) keep the defaults; `noise`
+    is our one extra input (`schemas`).
     """
     values: dict[str, Any] = {
         "video_negative_prompt": request.get("negative_prompt"),
         "audio_negative_prompt": request.get("audio_negative_prompt"),
         "steps": request.get("num_inference_steps"),
-        "seed": request.get("seed"),
+        "seed": request.get("seed"),  # negative seeds as given (torch takes them mod 2**64)
+        "noise": request.get("noise"),  # ours, not fal's; None: the worker's runtime default
     }
     if app == T2V_APP:
         width, height = (int(v) for v in request.get("resolution", "992x512").split("x"))
@@ -140,6 +145,7 @@ class JobContext:
     metrics: WorkerMetrics | None = None
     previews: int = 0  # previews per clip (`settings.previews`)
     preview: Any = None  # the worker's fitted `model.preview.LatentPreview` (made by `fit_preview`)
+    lora_dir: Path | None = None  # where requests' `lora` paths live (`settings.lora_dir`)
 
 
 # --- previews -----------------------------------------------------------------------------------
@@ -250,14 +256,27 @@ def run_job(pipe: Any, job: Job, ctx: JobContext) -> None:
         if job.app == I2V_APP:
             image = load_image(input_image(job, ctx.storage))
         params = sampling_params(job.app, job.input, pipe.preset.sampling)
-        if pipe.runtime.fast:  # few-step mode: its LoRA is distilled for the preset's steps
-            params = params.replace(steps=pipe.preset.sampling.steps)
+        # few-step mode (the server's --fast, or the request's `fast` extra field): its LoRA is
+        # distilled for these steps, guidance and shift, so the request's steps do not apply
+        fast = bool(job.input.get("fast")) and not pipe.runtime.fast
+        if pipe.runtime.fast or fast:
+            params = fast_sampling(params, pipe.preset)
+        from model.lora import LoraSpec  # torch: the worker's side only
+
+        loras = [
+            LoraSpec(path, scale)
+            for path, scale in resolve_lora_files(
+                job.input.get("lora") or [], ctx.lora_dir, ctx.storage, ctx.tmp_dir / "loras"
+            )
+        ]
         if ctx.preview is not None:
             preview_at.update(preview_steps(params.steps, ctx.previews))
         note(f"Generating ({params.steps} steps)")
-        out = pipe(
-            job.input["prompt"], image, params=params, callback=on_step, should_cancel=should_cancel
-        )
+        with pipe.adapters(loras, fast=fast) if loras or fast else contextlib.nullcontext():
+            out = pipe(
+                job.input["prompt"], image, params=params, callback=on_step,
+                should_cancel=should_cancel,
+            )  # fmt: skip
         inference_time = time.perf_counter() - started
         note("Encoding MP4")
         ctx.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -570,6 +589,7 @@ def run_worker(
             metrics=metrics,
             previews=settings.previews,
             preview=preview,
+            lora_dir=settings.lora_dir,
         )
         delay = 0.0
         while not stop.is_set():

@@ -11,12 +11,24 @@ is bounded by the collective timeout (`COLLECTIVE_TIMEOUT_S`) even then.
 
 A rank that raises or dies takes the group down: `launch` terminates the others and raises, the
 worker process exits, its heartbeat stops, and the existing recovery re-queues the job.
+
+Stopping: SIGTERM/SIGINT to the worker process (or to any rank: `docker stop` and Ctrl-C signal
+the whole process group) set a `StopFlag` the ranks share, a byte of shared memory (no lock a
+killed process could hold): rank 0 claims nothing more and releases its running job at the next
+step without using an attempt, then tells the followers to return. The worker process's
+`Watchdog` follows the API process's death and bounds the stop (`drain_timeout_s +
+shutdown_grace_s`); the ranks, children of the forkserver rather than of the worker process,
+end within `shutdown_grace_s` of the worker process's death, even by SIGKILL (`launch`'s
+lifeline).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +52,33 @@ def group_gpus(settings: ServerSettings, slot: int) -> list[int] | None:
         return None
     per_worker = settings.gpus_per_worker or runtime.parallel_size
     return list(range(slot * per_worker, slot * per_worker + runtime.parallel_size))
+
+
+class StopFlag:
+    """A stop flag shared by the worker process and its ranks: one byte of shared memory, set
+    from signal handlers; `is_set()` never blocks (unlike a multiprocessing Event, whose lock a
+    killed rank could hold)."""
+
+    def __init__(self, ctx: Any = None) -> None:
+        import multiprocessing as mp
+
+        self._value = (ctx or mp.get_context("forkserver")).RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._value.value = True
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM/SIGINT call `stop()` in this process."""
+
+    def handle(signum: int, frame: Any) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 class _Channel:
@@ -71,6 +110,17 @@ class _Channel:
         return bool(flag.item())
 
 
+class GroupFailed(BaseException):
+    """A clip failed on one rank in a way the others may not share (a collective error, out of
+    memory on one GPU): the ranks can no longer stay in step, so the group goes down and the job
+    is recovered (`recover`: re-queued while attempts remain). A BaseException, so that the
+    worker loop does not record it as the job's own failure."""
+
+
+# Failures every rank meets alike, before any collective: the job fails, the group goes on.
+SAME_ON_EVERY_RANK: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+
+
 class LeaderPipeline:
     """Rank 0's pipeline: the real one, whose calls the followers repeat."""
 
@@ -88,15 +138,23 @@ class LeaderPipeline:
 
     def __call__(self, prompt: str, image: Any = None, *, should_cancel: Any = None, **kw: Any):
         callback = kw.pop("callback", None)
+        from model.pipeline import GenerationCancelled
+
         with self._lock:
             self._channel.send(("clip", prompt, image, kw))
-            return self._pipe(
-                prompt,
-                image,
-                callback=callback,
-                should_cancel=lambda: self._channel.cancel_flag(should_cancel),
-                **kw,
-            )
+            try:
+                return self._pipe(
+                    prompt,
+                    image,
+                    callback=callback,
+                    should_cancel=lambda: self._channel.cancel_flag(should_cancel),
+                    **kw,
+                )
+            except (GenerationCancelled, *SAME_ON_EVERY_RANK):
+                raise
+            except Exception as exc:
+                self.abandon()  # the group is out of step
+                raise GroupFailed(f"rank 0: {type(exc).__name__}: {exc}") from exc
 
     def _idle(self) -> None:
         while not self._closed.wait(KEEPALIVE_S):
@@ -110,15 +168,24 @@ class LeaderPipeline:
                 finally:
                     self._lock.release()
 
+    def abandon(self) -> None:
+        """Send nothing more: the group is going down (launch ends the followers)."""
+        self._closed.set()
+
     def close(self) -> None:
-        """Tell the followers to return."""
+        """Tell the followers to return (unless the group is out of step)."""
+        if self._closed.is_set():
+            return
         with self._lock:
             self._closed.set()
             self._channel.send(("stop",))
 
 
 def follow(pipe: Any, device: Any) -> None:
-    """A follower rank: run every clip rank 0 runs, until it says stop."""
+    """A follower rank: run every clip rank 0 runs, until it says stop. A failure rank 0 may
+    not share ends this rank (and so the group)."""
+    from model.pipeline import GenerationCancelled
+
     channel = _Channel(pipe, device)
     while True:
         message = channel.send()
@@ -131,13 +198,15 @@ def follow(pipe: Any, device: Any) -> None:
             pipe(
                 prompt, image, should_cancel=lambda: channel.cancel_flag(None), **kw
             )  # rank 0 records the result (or the same error)
-        except Exception as exc:  # the same failure on rank 0 fails the job there
+        except (GenerationCancelled, *SAME_ON_EVERY_RANK) as exc:  # rank 0 records it
             log.info("follower: clip ended with %s: %s", type(exc).__name__, exc)
 
 
 def _group_rank(settings: ServerSettings, worker_id: str, stop_event: Any, device: Any = None):
     from server.worker import load_pipeline, run_worker
 
+    if stop_event is not None and hasattr(stop_event, "set"):
+        _stop_on_signals(stop_event.set)  # a group-wide signal stops the group through rank 0
     pipe = load_pipeline(settings, None if device is None else str(device))
     if not pipe.parallel.is_main:
         follow(pipe, device)
@@ -145,8 +214,10 @@ def _group_rank(settings: ServerSettings, worker_id: str, stop_event: Any, devic
     leader = LeaderPipeline(pipe, device)
     try:
         run_worker(settings, worker_id, stop_event=stop_event, pipeline=leader)
-    finally:
-        leader.close()
+    except BaseException:
+        leader.abandon()  # going down: launch ends the followers
+        raise
+    leader.close()
     return None
 
 
@@ -173,24 +244,37 @@ def run_worker_group(
         world_size=runtime.parallel_size,
         gpus=gpus,
         collective_timeout=COLLECTIVE_TIMEOUT_S,
+        orphan_grace=settings.shutdown_grace_s,
     )
 
 
-def worker_group_main(settings: ServerSettings, worker_id: str, slot: int) -> None:
+def worker_group_main(settings: ServerSettings, worker_id: str, slot: int) -> int:
     """Entry point of worker process `slot` when the runtime asks for ranks (the supervisor's,
     or `ovi worker`'s foreground group). SIGTERM/SIGINT set a stop flag the ranks share: rank 0
-    claims nothing more and releases its running job at the next step (no attempt used)."""
+    claims nothing more and releases its running job at the next step (no attempt used). Returns
+    0 once stopped, 1 when a rank failed (logged; the supervisor starts a new group)."""
     import multiprocessing as mp
-    import signal
 
+    from model.parallel import RankFailed
     from server.logs import configure_logging
+    from server.worker import StopRequest, Watchdog
 
     configure_logging(settings.log_level, settings.log_format, process=f"group[{slot}]")
-    stop = mp.get_context("forkserver").Event()  # reaches the ranks through their arguments
+    # The supervisor starts its workers as daemons, which multiprocessing forbids children; the
+    # ranks end with this process anyway (launch's lifeline), so this one may start them.
+    mp.current_process().daemon = False
+    flag = StopFlag()  # reaches the ranks through their arguments
+    request = StopRequest()  # what the watchdog watches: the API's death, the stop's duration
 
-    def handle(signum: int, frame: Any) -> None:
-        stop.set()
+    def stop() -> None:
+        request.request(immediate=True)
+        flag.set()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    run_worker_group(settings, worker_id, stop_event=stop, slot=slot)
+    _stop_on_signals(stop)
+    Watchdog(request, settings.drain_timeout_s + settings.shutdown_grace_s).start()
+    try:
+        run_worker_group(settings, worker_id, stop_event=flag, slot=slot)
+    except RankFailed as exc:
+        log.error("worker %s: the group went down: %s", worker_id, exc)
+        return 1
+    return 0

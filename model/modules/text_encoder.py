@@ -75,6 +75,26 @@ def build_tiny_tokenizer(directory: Path | str, vocab_size: int) -> PreTrainedTo
     return load_tokenizer(directory)
 
 
+def tokenize_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], text_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts (already cleaned) -> (ids, mask) [B, text_len] int64, with the official call (Wan's
+    umT5 tokenizer wrapper): eos appended, truncated and zero-padded to `text_len`.
+
+    transformers 5's `AutoTokenizer` gives the ids 4.51.3 (the official pin) gives on a folder
+    with umt5-xxl's files: `tests/model/test_tokenizer_parity.py` checks a recorded table."""
+    batch = tokenizer(
+        texts,
+        padding="max_length",
+        truncation=True,
+        max_length=text_len,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    return batch["input_ids"], batch["attention_mask"]
+
+
 def split_by_mask(hidden: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     """[B, L, dim] hidden states -> B contexts [len_b, dim], len_b = number of mask ones."""
     lengths = mask.gt(0).sum(dim=1).tolist()
@@ -113,16 +133,7 @@ class TextEncoder(nn.Module):
         """1. Cleaned prompts -> (ids, mask), each [B, text_len] int64, padded with 0 after eos."""
         if self.tokenizer is None:
             raise ValueError("this TextEncoder has no tokenizer; pass token ids to encode_ids()")
-        batch = self.tokenizer(
-            [clean_text(p) for p in prompts],
-            padding="max_length",
-            truncation=True,
-            max_length=self.text_len,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return batch["input_ids"], batch["attention_mask"]
+        return tokenize_ids(self.tokenizer, [clean_text(p) for p in prompts], self.text_len)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """2. ids, mask [B, L] -> hidden states [B, L, dim] for every position (padding included)."""

@@ -44,8 +44,10 @@ from ..config import WanVAEConfig
 class VideoVAE(nn.Module):
     """Wan2.2 VAE with Ovi's latent normalisation; `self.vae` holds the checkpoint weights.
 
-    One compute dtype, `dtype` (the weights'): inputs are moved to it. The latent statistics
-    stay float32 constants and are cast to the latent's dtype where they are applied.
+    One compute dtype, `dtype`: the weights' unless `compute_in_float32()` made it float32 with
+    the weights left as they are (the official precision: bf16 weights, float32 math). Inputs
+    are moved to it. The latent statistics stay float32 constants and are cast to the latent's
+    dtype where they are applied.
     """
 
     def __init__(self, config: WanVAEConfig) -> None:
@@ -78,6 +80,8 @@ class VideoVAE(nn.Module):
         self.reset_latent_stats()
         # 3. decode memory: output frames per piece of the full-resolution tail (None: diffusers')
         self.tail_frames: int | None = 1
+        # 4. compute precision: None = the weights' dtype (`compute_in_float32`)
+        self.compute_dtype: torch.dtype | None = None
 
     def reset_latent_stats(self) -> None:
         """(Re)fill the float32 mean/std buffers from the config on the weights' device.
@@ -97,8 +101,19 @@ class VideoVAE(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype (the weights')."""
-        return self._weight.dtype
+        """The compute dtype: `compute_dtype`, else the weights'."""
+        return self.compute_dtype or self._weight.dtype
+
+    def compute_in_float32(self, enable: bool = True) -> None:
+        """Encode and decode in float32 on the weights as stored (bf16 in the pipeline): the
+        official release's float32 autocast around its bf16 VAE. Every conv casts its weight
+        and bias to its input's dtype per call (one layer's float32 copy alive at a time), the
+        norms promote their bf16 gains to the float32 activations; the values are those of a
+        float32 VAE holding the bf16-rounded weights. `enable=False` undoes it."""
+        for module in self.vae.modules():
+            if isinstance(module, nn.modules.conv._ConvNd):
+                module.__class__ = _upcasting(type(module)) if enable else _plain(type(module))
+        self.compute_dtype = torch.float32 if enable else None
 
     @property
     def device(self) -> torch.device:
@@ -157,7 +172,7 @@ class VideoVAE(nn.Module):
         """
         self._check_pixels(video)
         # 1. the network's posterior mean, in the weight dtype
-        mu = self.vae.encode(video.to(self._weight)).latent_dist.mean
+        mu = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mean
         # 2. latent statistics
         return self.normalize(mu) if normalize else mu
 
@@ -184,7 +199,7 @@ class VideoVAE(nn.Module):
         """
         self._check_latent(latent)
         # 2. latent statistics (undone), then 1. the network's decoder
-        z = self.denormalize(latent.to(self._weight))
+        z = self.denormalize(latent.to(self.device, self.dtype))
         if self.vae.use_tiling:
             if not clamp:
                 raise ValueError("an unclamped decode cannot be tiled; call disable_tiling() first")
@@ -222,24 +237,17 @@ class VideoVAE(nn.Module):
         out = torch.cat(frames, dim=2)  # [B, 12, T, h*8, w*8]
         return unpatchify(out, patch_size=self.config.patch_size)  # [B, 3, T, 16h, 16w]
 
-    @staticmethod
-    def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-        """Decoded pixels [B, 3, T, H, W] in [-1, 1] -> 8-bit frames [B, T, H, W, 3]: the one
-        conversion (round((clamp(x, -1, 1) + 1) * 127.5) in float32)."""
-        pixels = pixels.clamp(-1.0, 1.0).float().clamp(-1, 1)
-        return ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
-
     @torch.no_grad()
     def decode_uint8(
         self, latent: torch.Tensor, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Normalised latent [B, z, F, h, w] -> the 8-bit frames [B, T, 16h, 16w, 3] (uint8) on
-        `device` (default: the latent's), each piece converted as soon as it is decoded:
-        round((clamp(x, -1, 1) + 1) * 127.5) in float32, the pipeline's conversion. With a
+        `device` (default: the latent's), each piece converted as soon as it is decoded by
+        `to_uint8` (the official truncation). With a
         host `device` the decoded video never sits on the GPU whole (pinned host memory,
         asynchronous copies, synchronised before returning). On `meta` nothing is copied."""
         self._check_latent(latent)
-        z = self.denormalize(latent.to(self._weight))
+        z = self.denormalize(latent.to(self.device, self.dtype))
         b, _, num_latent, h, w = z.shape
         t_out = 1 + self.config.temporal_compression * (num_latent - 1)
         s = self.config.spatial_compression
@@ -250,7 +258,7 @@ class VideoVAE(nn.Module):
 
         def write(frame: int, piece: torch.Tensor, rows: slice = slice(None)) -> None:
             """piece [b, 3, n, H, W] -> uint8 frames out[rows, frame : frame + n]."""
-            pixels = self.to_uint8(piece)
+            pixels = to_uint8(piece).permute(0, 2, 3, 4, 1)
             if pixels.device.type != "meta" or device.type == "meta":
                 out[rows, frame : frame + pixels.shape[1]].copy_(pixels, non_blocking=pin)
 
@@ -327,6 +335,41 @@ class VideoVAE(nn.Module):
         written[0] += y.shape[2]
 
 
+class _UpcastingConv:
+    """Mixin for a conv class: weight and bias cast to the input's dtype at each call."""
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        bias = None if bias is None else bias.to(input.dtype)
+        return super()._conv_forward(input, weight.to(input.dtype), bias)  # type: ignore[misc]
+
+
+_UPCASTING: dict[type, type] = {}
+
+
+def _upcasting(cls: type) -> type:
+    """The upcasting subclass of conv class `cls` (made once per class)."""
+    if issubclass(cls, _UpcastingConv):
+        return cls
+    if cls not in _UPCASTING:
+        _UPCASTING[cls] = type(f"Upcasting{cls.__name__}", (_UpcastingConv, cls), {})
+    return _UPCASTING[cls]
+
+
+def _plain(cls: type) -> type:
+    """`cls` without the upcasting mixin."""
+    return next((base for base, up in _UPCASTING.items() if up is cls), cls)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoded pixels in [-1, 1] (any float dtype) -> uint8, as the official release converts:
+    clamp, then ((x + 1) / 2 * 255) in float32 truncated (numpy's `astype(uint8)`), not
+    rounded; a value lands one lower than rounding would about half the time."""
+    x = pixels.float().clamp(-1.0, 1.0)
+    return ((x + 1) / 2 * 255).to(torch.uint8)  # float -> uint8 truncates toward zero
+
+
 def _lean_conv(
     conv: WanCausalConv3d, x: torch.Tensor, cache: list, cursor: list[int]
 ) -> torch.Tensor:
@@ -351,7 +394,9 @@ def _lean_conv(
     inp = torch.cat([*prev, x], dim=2)  # [B, C, past + n, H, W]
     del prev, frames
     pad = (0, conv._padding[2], conv._padding[0])  # (time, rows, columns): time is in `inp`
-    y = F.conv3d(inp, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+    weight = conv.weight.to(inp.dtype)  # a no-op unless computing above the weights' dtype
+    bias = None if conv.bias is None else conv.bias.to(inp.dtype)
+    y = F.conv3d(inp, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
     cache[idx] = keep
     return y
 

@@ -16,8 +16,8 @@ float32 against the untransformed model, on the tiny preset and on the reference
 |                                  | for all layers, `dynamic=False`                       |                 |
 | `FastPath.batch_cfg`             | both CFG passes as one batch (`forward_cfg`)          | off until the   |
 |                                  |                                                       | bench shows gain|
-| `vae_skip_upcasts`               | Wan VAE: no fp32 round trip in nearest upsampling     | on for bf16     |
-|                                  | (exact) and in the RMS norms (bf16 rounding)          |                 |
+| `vae_skip_upcasts`               | Wan VAE: no fp32 round trip in nearest upsampling     | on for a bf16   |
+|                                  | (exact) and in the RMS norms (bf16 rounding)          | VAE (fast_vae)  |
 | `BlockOffload` (`offload.py`)    | layer weights in pinned host memory, streamed into    | opt-in          |
 | (`FastPath.block_offload`)       | two device slots one layer ahead (side stream)        |                 |
 | `enable_fp8` (`fp8.py`)          | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in, CUDA    |
@@ -397,6 +397,7 @@ def optimize_pipeline(pipe: OviPipeline, config: FastPath | None) -> FastPath | 
     if config.compile is None:
         config = replace(config, compile=pipe.device.type == "cuda")
     optimize_fusion(pipe.fusion, config, pipe.device)
-    if config.vae_skip_upcasts and pipe.dtype in (torch.bfloat16, torch.float16):
+    vae_dtype = pipe.video_vae.dtype  # its compute dtype: float32 unless `fast_vae`
+    if config.vae_skip_upcasts and vae_dtype in (torch.bfloat16, torch.float16):
         vae_skip_upcasts(pipe.video_vae)
     return config

@@ -6,7 +6,10 @@ joins them into one process group on a free loopback port and runs `fn(*args)` i
 returns rank 0's value. A rank that raises or dies (killed, out of memory) ends the whole group: the
 others are terminated and `RankFailed` names the rank and why. Every wait is bounded: the
 process group's own timeout (a collective that waits longer fails) and `timeout` for the whole
-run. Under torchrun (`RANK`/`WORLD_SIZE` set) nothing is spawned: `fn` runs in this process.
+run. The ranks are the forkserver's children, not this process's: each watches a lifeline pipe
+whose only write end this process holds, so when it dies (even by SIGKILL) every rank gets
+SIGTERM at once (a handler may stop it gracefully) and exits at the latest `orphan_grace`
+seconds later. Under torchrun (`RANK`/`WORLD_SIZE` set) nothing is spawned: `fn` runs in this process.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import datetime
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 600.0  # one collective may wait this long (a slow rank's whole step)
 POLL_S = 0.2
+ORPHAN_GRACE_S = 10.0  # a rank whose launcher died exits at the latest this long after SIGTERM
 # Ranks are forked from one clean server process (multiprocessing "forkserver": no threads, no
 # CUDA) that has imported these once, so N ranks do not import torch and the model N times.
 PRELOAD = ("torch", "torch.distributed", "model.pipeline")
@@ -74,6 +80,22 @@ def init_rank(
     return device
 
 
+def _watch_lifeline(lifeline: Connection, grace_s: float, done: threading.Event) -> None:
+    """In a rank: when the launcher is gone (EOF on the lifeline), SIGTERM this rank (the main
+    thread's handler runs: by default the rank ends at once) and, if it still runs `grace_s`
+    later, end it."""
+    try:
+        lifeline.recv()  # nothing is ever sent: returns only by EOF
+    except (EOFError, OSError):
+        pass
+    if done.is_set():
+        return
+    logger.warning("rank %d: the launching process is gone; stopping", os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+    if not done.wait(grace_s):
+        os._exit(1)
+
+
 def _rank_main(
     rank: int,
     world_size: int,
@@ -83,14 +105,26 @@ def _rank_main(
     fn: Callable[..., Any],
     args: tuple,
     report: Connection,
+    lifeline: Connection,
+    orphan_grace_s: float,
 ) -> None:
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_lifeline, args=(lifeline, orphan_grace_s, done), daemon=True
+    )
+    watcher.start()
     try:
         device = init_rank(rank, world_size, port, gpus, timeout_s)
         value = fn(*args, device=device)
-        report.send(("ok", value if rank == 0 else None))
+        message: tuple = ("ok", value if rank == 0 else None)
     except BaseException as exc:  # reported to the parent, which ends the group
         bad_input = isinstance(exc, (ValueError, FileNotFoundError))
-        report.send(("error", (f"{type(exc).__name__}: {exc}", bad_input, traceback.format_exc())))
+        message = ("error", (f"{type(exc).__name__}: {exc}", bad_input, traceback.format_exc()))
+    done.set()
+    try:
+        report.send(message)
+    except OSError:  # the launcher is gone: nobody to tell
+        pass
     finally:
         report.close()
         if dist.is_initialized():
@@ -116,10 +150,12 @@ def launch(
     gpus: Sequence[int] | None = None,
     timeout: float | None = None,
     collective_timeout: float = COLLECTIVE_TIMEOUT_S,
+    orphan_grace: float = ORPHAN_GRACE_S,
 ) -> Any:
     """Run `fn(*args, device=...)` on `world_size` ranks (one per entry of `gpus` on CUDA);
     return rank 0's value. `fn` and `args` must be picklable (a module-level function).
-    Raises `RankFailed` when a rank raises or dies, `TimeoutError` after `timeout` seconds."""
+    Raises `RankFailed` when a rank raises or dies, `TimeoutError` after `timeout` seconds.
+    Should this process die, the ranks end within `orphan_grace` seconds."""
     if gpus is not None and len(gpus) != world_size:
         raise ValueError(f"{len(gpus)} GPUs for {world_size} ranks")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun: join, no spawn
@@ -139,11 +175,13 @@ def launch(
     ctx.set_forkserver_preload(list(PRELOAD))  # no effect once this process's server runs
     port = _free_port()
     procs, pending = [], {}
+    lifeline, alive = ctx.Pipe(duplex=False)  # only this process holds `alive`: EOF = it died
+    watch = (lifeline, orphan_grace)
     for r in range(world_size):
         receive, send = ctx.Pipe(duplex=False)  # one report per rank; EOF when it dies
         proc = ctx.Process(
             target=_rank_main,
-            args=(r, world_size, port, gpus, collective_timeout, fn, args, send),
+            args=(r, world_size, port, gpus, collective_timeout, fn, args, send, *watch),
             name=f"ovi-rank-{r}",
             daemon=True,
         )
@@ -151,6 +189,7 @@ def launch(
         send.close()  # the rank holds the only write end
         procs.append(proc)
         pending[receive] = r
+    lifeline.close()
     deadline = None if timeout is None else time.monotonic() + timeout
     result = None
     try:
@@ -199,3 +238,4 @@ def launch(
                 proc.join(timeout=5)
         for conn in pending:
             conn.close()
+        alive.close()

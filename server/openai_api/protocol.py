@@ -3,7 +3,7 @@ and as the `openai` SDK's `client.videos` resource sends and parses them)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,9 @@ class VideoCreate(BaseModel):
     audio_negative_prompt: str | None = None
     num_inference_steps: int | None = None
     seed: int | None = None
+    # ovi-server's extras, as on the fal routes (`server.schemas`): per-request LoRAs, few-step
+    lora: list[dict[str, Any]] | None = None
+    fast: bool | None = None
 
 
 class VideoError(BaseModel):

@@ -1,41 +1,25 @@
 """`/v1/videos`: the OpenAI-style job API (thin: parse, call `VideoService`, shape the answer).
 
 `Authorization: Bearer <key>` (the `openai` SDK's) or fal's `Key <key>`, against the same keys.
-Keys are tenants: a video is listed, read, downloaded and deleted only with its owner's key (or
-an admin key); to any other key it is a 404, as an unknown id.
+A key sees, lists, downloads and deletes only its own videos (another key's id is a 404, as an
+unknown one); an admin key sees all.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from server.deps import BaseUrlDep, Caller, SettingsDep, SubmitOptionsDep, authenticate
+from server.deps import BaseUrlDep, BearerCallerDep, SubmitOptionsDep, require_bearer_caller
 from server.openai_api.protocol import Video, VideoCreate, VideoDeleted, VideoList
 from server.openai_api.serving import VideoService
+from server.routes.queue import STORE_UNAVAILABLE, SUBMIT_RESPONSES
 from server.schemas import RequestError, ValidationErrorBody
 from server.serving import Submission
-
-
-async def require_bearer_key(
-    settings: SettingsDep,
-    authorization: Annotated[
-        str | None, Header(description='"Bearer <key>" (or fal\'s "Key <key>")')
-    ] = None,
-) -> Caller:
-    """The caller (a tenant, or an admin who sees all); `Bearer <key>` is read as fal's
-    `Key <key>`."""
-    scheme, _, rest = (authorization or "").strip().partition(" ")
-    if scheme.lower() == "bearer":
-        authorization = f"Key {rest.strip()}"
-    return authenticate(authorization, settings)
-
-
-BearerDep = Annotated[Caller, Depends(require_bearer_key)]
 
 
 def get_videos(request: Request) -> VideoService:
@@ -47,10 +31,11 @@ VideosDep = Annotated[VideoService, Depends(get_videos)]
 router = APIRouter(
     prefix="/v1/videos",
     tags=["openai"],
-    dependencies=[Depends(require_bearer_key)],
+    dependencies=[Depends(require_bearer_caller)],
     responses={
         401: {"model": RequestError, "description": "Missing or invalid API key."},
-        404: {"model": RequestError, "description": "Unknown video id."},
+        404: {"model": RequestError, "description": "Unknown video id (or another key's)."},
+        **STORE_UNAVAILABLE,
     },
 )
 
@@ -94,7 +79,10 @@ async def _parse_create(request: Request) -> tuple[VideoCreate, tuple[bytes, str
 @router.post(
     "",
     response_model=Video,
-    responses={422: {"model": ValidationErrorBody, "description": "Invalid input."}},
+    responses={
+        **SUBMIT_RESPONSES,
+        422: {"model": ValidationErrorBody, "description": "Invalid input."},
+    },
     summary="Create a video job",
     openapi_extra={
         "requestBody": {
@@ -108,7 +96,7 @@ async def _parse_create(request: Request) -> tuple[VideoCreate, tuple[bytes, str
 async def create_video(
     request: Request,
     videos: VideosDep,
-    caller: BearerDep,
+    caller: BearerCallerDep,
     base: BaseUrlDep,
     options: SubmitOptionsDep,
 ) -> Video:
@@ -122,16 +110,16 @@ async def create_video(
 @router.get("", response_model=VideoList, summary="List video jobs")
 async def list_videos(
     videos: VideosDep,
-    caller: BearerDep,
+    caller: BearerCallerDep,
     after: Annotated[str | None, Query(description="The last id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> VideoList:
-    return await videos.list(limit=limit, after=after, order=order, owner=caller.owner)
+    return await videos.list(limit=limit, after=after, order=order, user_id=caller.owner)
 
 
 @router.get("/{video_id}", response_model=Video, summary="Retrieve a video job")
-async def retrieve_video(video_id: str, videos: VideosDep, caller: BearerDep) -> Video:
+async def retrieve_video(video_id: str, videos: VideosDep, caller: BearerCallerDep) -> Video:
     """`status` queued/in_progress/completed/failed and `progress` 0-100."""
     return await videos.retrieve(video_id, caller.owner)
 
@@ -148,7 +136,7 @@ async def retrieve_video(video_id: str, videos: VideosDep, caller: BearerDep) ->
 async def video_content(
     video_id: str,
     videos: VideosDep,
-    caller: BearerDep,
+    caller: BearerCallerDep,
     variant: Annotated[Literal["video"], Query(description="Only `video` is served.")] = "video",
 ) -> StreamingResponse:
     name, chunks, size = await videos.content(video_id, caller.owner)
@@ -163,6 +151,6 @@ async def video_content(
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, summary="Delete a video job")
-async def delete_video(video_id: str, videos: VideosDep, caller: BearerDep) -> VideoDeleted:
+async def delete_video(video_id: str, videos: VideosDep, caller: BearerCallerDep) -> VideoDeleted:
     """Cancels it if it is still queued or running, then deletes the job and its files."""
     return await videos.delete(video_id, caller.owner)

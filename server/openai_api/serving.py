@@ -121,7 +121,7 @@ class VideoService:
         )
 
     async def retrieve(self, video_id: str, owner: str | None = None) -> Video:
-        """The video if `owner` (None: anyone, for admins) created it; else a 404."""
+        """The job as `owner` (None: anyone) may see it; another key's id is not found."""
         job = await self.serving.get(video_id, owner, with_input=True)
         logs: list[str] = []
         if job.status is JobStatus.IN_PROGRESS:
@@ -130,15 +130,13 @@ class VideoService:
         return self.to_video(job, logs)
 
     async def list(
-        self, *, limit: int, after: str | None, order: str, owner: str | None = None
+        self, *, limit: int, after: str | None, order: str, user_id: str | None = None
     ) -> VideoList:
-        """A page of `owner`'s videos (everyone's for None); an `after` cursor that is not one
-        of them is a 404, as an unknown one."""
-        if after is not None:
-            await self.serving.get(after, owner)
+        if after is not None and user_id is not None:  # another key's id is an unknown cursor
+            await self.serving.get(after, user_id)
         jobs: list[Job] = await to_thread.run_sync(
             lambda: self.serving.store.recent(
-                limit=limit + 1, after=after, newest_first=order != "asc", user_id=owner
+                limit=limit + 1, after=after, newest_first=order != "asc", user_id=user_id
             )
         )
         videos = [self.to_video(job) for job in jobs[:limit]]
@@ -166,6 +164,8 @@ class VideoService:
             "audio_negative_prompt": request.audio_negative_prompt,
             "num_inference_steps": request.num_inference_steps,
             "seed": request.seed,
+            "lora": request.lora,
+            "fast": request.fast,
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         image_url = request.input_reference.image_url if request.input_reference else None
@@ -187,7 +187,7 @@ class VideoService:
         self, video_id: str, owner: str | None = None
     ) -> tuple[str, Iterator[bytes], int]:
         """The finished clip as (file name, byte chunks, size); 400 before it completes, the
-        job's own error if it failed, 404 if `owner` did not create it."""
+        job's own error if it failed."""
         job = await self.serving.get(video_id, owner)
         if not job.done:
             raise RequestInProgressError(request_id=job.id)
@@ -206,8 +206,8 @@ class VideoService:
         return stored.file_name, storage.read(key), stored.file_size
 
     async def delete(self, video_id: str, owner: str | None = None) -> VideoDeleted:
-        """Cancel it if it has not finished, then forget it and delete its files; a 404 if
-        `owner` did not create it (nothing is cancelled or deleted)."""
+        """Cancel it if it has not finished, then forget it and delete its files (another
+        owner's: not found, nothing cancelled)."""
         try:
             await self.serving.cancel(video_id, owner)
         except JobAlreadyCompletedError:

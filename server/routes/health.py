@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from server.deps import AuthDep, OptionalCallerDep, SettingsDep, StoreDep, public_health
 from server.jobs.base import JobStore
 from server.readiness import assess, health_body
-from server.schemas import HealthStatus
+from server.schemas import HealthStatus, RequestError
 from server.settings import ServerSettings
 
 router = APIRouter(tags=["health"])
@@ -73,7 +73,11 @@ async def health(
     return JSONResponse(body, status_code=readiness.http_status)
 
 
-@router.get("/workers", summary="The worker fleet and the queue")
+@router.get(
+    "/workers",
+    summary="The worker fleet and the queue",
+    responses={401: {"model": RequestError, "description": "Missing or invalid API key."}},
+)
 async def workers(settings: SettingsDep, store: StoreDep, _user: AuthDep) -> dict[str, Any]:
     """Every registered worker on every machine (live or silent, `live` says which; a silent
     one is recovered by the next maintenance tick), its state and job, and the queue sizes."""

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deps import require_api_key
+from server.schemas import RequestError
 
 router = APIRouter(tags=["monitoring"], dependencies=[Depends(require_api_key)])
 
@@ -16,7 +17,10 @@ router = APIRouter(tags=["monitoring"], dependencies=[Depends(require_api_key)])
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text exposition"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text exposition"},
+        401: {"model": RequestError, "description": "Missing or invalid API key."},
+    },
 )
 def metrics(request: Request) -> Response:
     """Requests, queue depth per priority, running jobs, workers by state, per-phase durations,

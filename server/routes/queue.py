@@ -31,9 +31,9 @@ from server.schemas import (
     APP_TITLES,
     APPS,
     INPUT_MODELS,
+    OUTPUT_MODELS,
     QUEUE_APP,
     CancelResponse,
-    OviOutput,
     QueueStatus,
     RequestError,
     ValidationErrorBody,
@@ -43,9 +43,17 @@ from server.schemas import (
 REQUEST_ID_HEADER = "x-fal-request-id"
 _LOGS_QUERY = Query(description="`1`/`true`: include logs; `0`/`false` (default): don't.")
 
+STORE_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": RequestError,
+        "description": "The job store is restarting (or no worker can run requests, on a"
+        " submit); retry after `Retry-After` seconds.",
+    },
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": RequestError, "description": "Missing or invalid API key."},
-    404: {"model": RequestError, "description": "Unknown request id."},
+    404: {"model": RequestError, "description": "Unknown request id (or another key's)."},
+    **STORE_UNAVAILABLE,
 }
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {
@@ -59,6 +67,7 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": RequestError,
         "description": "The queue is full; retry after `Retry-After` seconds.",
     },
+    507: {"model": RequestError, "description": "The server's disk is full; retry later."},
 }
 
 router = APIRouter(
@@ -203,7 +212,7 @@ for _app in (QUEUE_APP, *[a for a in APPS if a != QUEUE_APP]):
         _by_id,
         request_result,
         methods=["GET"],
-        response_model=OviOutput,
+        response_model=OUTPUT_MODELS[_app],
         responses={
             400: {"model": RequestError, "description": "Request is still in progress."},
             422: {"model": ValidationErrorBody, "description": "The request failed on input."},

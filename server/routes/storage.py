@@ -5,7 +5,8 @@ Two flows, both ending in ``{base}/files/uploads/<id>/<name>`` (served by ``rout
 * Pre-signed (JS client; Python fallback): ``POST /storage/upload/initiate?storage_type=...``
   ``{file_name, content_type}`` -> ``{upload_url, file_url}``, then ``PUT upload_url`` with the raw
   bytes and no credentials. The URL carries an HMAC token naming the file id, name, type and
-  expiry, so it is unguessable, single-file and time-limited.
+  expiry, so it is unguessable, single-file and time-limited; it is single-use too (the file is
+  stored only if absent, in one step on every backend: a replay is a 403).
 * CDN token (Python client default): ``POST /storage/auth/token?storage_type=fal-cdn-v3`` ``{}``
   -> ``{token, token_type: "Bearer", base_url, expires_at}``, then ``POST {base_url}/files/upload``
   with ``Authorization: Bearer <token>``, ``Content-Type``, ``X-Fal-File-Name`` and the raw bytes
@@ -19,7 +20,6 @@ file lives ``output_retention_s``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -150,12 +150,20 @@ async def save_upload(
     content_type: str | None,
     file_name: str,
     file_id: str | None = None,
+    *,
+    exclusive: bool = False,
 ) -> StoredFile:
-    """Store an upload (off the event loop); a pre-signed one under the id its URL names."""
+    """Store an upload (off the event loop); a pre-signed one under the id its URL names
+    (`exclusive`: `FileExistsError` if that id already holds it)."""
     ctype = sanitize_content_type(content_type)
     return await to_thread.run_sync(
         lambda: storage.save(
-            data, kind="uploads", content_type=ctype, file_name=file_name, file_id=file_id
+            data,
+            kind="uploads",
+            content_type=ctype,
+            file_name=file_name,
+            file_id=file_id,
+            exclusive=exclusive,
         )
     )
 
@@ -193,6 +201,7 @@ _STORAGE_TYPE = Query(
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key."},
+    408: {"description": "The body stalled (`body_read_timeout_s`)."},
     413: {"description": "File larger than `upload_max_bytes`."},
 }
 
@@ -252,11 +261,12 @@ async def put_upload(
     if claims.get("id") != file_id:
         raise InvalidUploadTokenError()
     data = await read_body_capped(request, settings.upload_max_bytes)
-    key = f"uploads/{file_id}/{claims['name']}"
-    async with _put_lock(request, file_id):  # single use: a replay never replaces the file
-        if await to_thread.run_sync(_exists, storage, key):
-            raise InvalidUploadTokenError(USED_UPLOAD_URL)
-        stored = await save_upload(storage, data, claims["ct"], claims["name"], file_id)
+    try:  # single use: a replay never replaces the file (one atomic step, across replicas too)
+        stored = await save_upload(
+            storage, data, claims["ct"], claims["name"], file_id, exclusive=True
+        )
+    except FileExistsError:
+        raise InvalidUploadTokenError(USED_UPLOAD_URL) from None
     return {"file_url": absolute_url(stored.url, base)}
 
 
@@ -264,26 +274,6 @@ USED_UPLOAD_URL = (
     "Upload URL was already used: each upload URL stores one file; get a new one from"
     " POST /storage/upload/initiate"
 )
-
-
-def _exists(storage: Storage, key: str) -> bool:
-    try:
-        storage.stat(key)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _put_lock(request: Request, file_id: str) -> asyncio.Lock:
-    """One lock per upload id in this process, so two concurrent PUTs of one URL cannot both
-    find the file absent (API processes sharing a storage still check before writing)."""
-    locks: dict[str, asyncio.Lock] | None = getattr(request.app.state, "upload_locks", None)
-    if locks is None:
-        locks = request.app.state.upload_locks = {}
-    if len(locks) > 1024:  # forget idle ones
-        for name in [n for n, lock in locks.items() if not lock.locked()]:
-            del locks[name]
-    return locks.setdefault(file_id, asyncio.Lock())
 
 
 @router.post("/storage/auth/token", response_model=UploadTokenOutput, responses=_ERRORS)

@@ -62,12 +62,17 @@ class Storage(ABC):
         content_type: str,
         file_name: str | None,
         file_id: str | None = None,
+        exclusive: bool = False,
     ) -> StoredFile:
         """Store `data` under `{kind}/{file_id or a fresh id}/{sanitised name}` and return it;
-        saving again under the same key replaces the file. Readers never see a partial file."""
+        saving again under the same key replaces the file, unless `exclusive`: then
+        `FileExistsError` (`write_new`). Readers never see a partial file."""
         content_type = sanitize_content_type(content_type)
         key = make_key(kind, file_id or new_file_id(), sanitize_file_name(file_name, content_type))
-        self.write(key, data)
+        if not exclusive:
+            self.write(key, data)
+        elif not self.write_new(key, data):
+            raise FileExistsError(key)
         stored = self.stat(key)
         if self.on_save is not None:
             self.on_save(kind, stored.file_size)
@@ -76,6 +81,17 @@ class Storage(ABC):
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Store `data` under a checked key, atomically: readers see the old bytes or the new."""
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        """`write` only if nothing is stored under `key`; False (nothing written) if something
+        is. Backends make the check and the write one step (single-use upload URLs, even across
+        API replicas); this default checks, then writes."""
+        try:
+            self.stat(key)
+        except FileNotFoundError:
+            self.write(key, data)
+            return True
+        return False
 
     @abstractmethod
     def stat(self, key: str) -> StoredFile:

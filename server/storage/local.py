@@ -64,6 +64,25 @@ class LocalStorage(Storage):
         return candidate
 
     def write(self, key: str, data: bytes) -> None:
+        tmp, path = self._write_tmp(key, data)
+        os.replace(tmp, path)
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        tmp, path = self._write_tmp(key, data)
+        try:
+            os.link(tmp, path)  # fails if the name exists, atomically (also on a shared disk)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: check, then rename
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def _write_tmp(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """`data` in a temporary file beside `key`'s path; (the temporary file, the path)."""
         path = self.root.joinpath(*check_key(key))
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         for attempt in range(2):
@@ -75,7 +94,7 @@ class LocalStorage(Storage):
             except FileNotFoundError:  # a concurrent sweep removed the emptied directory
                 if attempt:
                     raise
-        os.replace(tmp, path)
+        return tmp, path
 
     def stat(self, key: str) -> StoredFile:
         path = self._path(key)

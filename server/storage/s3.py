@@ -93,13 +93,26 @@ class S3Storage(Storage):
         code = getattr(exc, "response", {}).get("Error", {}).get("Code")
         return code in ("404", "NoSuchKey", "NotFound")
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes, **conditions: str) -> None:
         self._client.put_object(
             Bucket=self.bucket,
             Key=self._object(key),
             Body=data,
             ContentType=content_type_of(key.rsplit("/", 1)[-1]),
+            **conditions,
         )
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:  # S3's conditional write: refused if the object exists
+            self.write(key, data, IfNoneMatch="*")
+        except ClientError as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def stat(self, key: str) -> StoredFile:
         from botocore.exceptions import ClientError

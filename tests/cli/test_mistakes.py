@@ -48,14 +48,12 @@ MISTAKES = [
     Mistake("`--device cuda` on a CPU-only torch", [*GENERATE, "--device", "cuda", "--prompt", "x"]),
     Mistake("`--device cuda` for the server's workers on a CPU-only torch", [*SERVE, "--device", "cuda"]),
     Mistake("`--steps 0`", [*GENERATE, "--steps", "0", "--prompt", "x"]),
-    Mistake("a blank prompt", [*GENERATE, "--prompt", " "]),
     Mistake("an empty CSV for `batch`", ["batch", "DIR/empty.csv", "--out-dir", "DIR/out", "--preset", "tiny"], _file("empty.csv", "")),
     Mistake(
         "a `batch` row whose image is missing",
         ["batch", "DIR/p.csv", "--out-dir", "DIR/out", "--preset", "tiny"],
         _file("p.csv", "text_prompt,image_path\nwaves,\nbirds,frames/missing.png\n"),
     ),
-    Mistake("a blank prompt in a `batch` row", ["batch", "DIR/p.csv", "--out-dir", "DIR/out", "--preset", "tiny"], _file("p.csv", 'text_prompt\nwaves\n" "\n')),
     Mistake(
         "`make serve` offline (the weights step)",
         ["weights", "--variant", "720x720_5s", "--dir", "DIR/weights"],

@@ -3,8 +3,11 @@ only: keys, metadata, whole and ranged reads, URLs, replace, delete, retention, 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -69,6 +72,31 @@ def test_save_under_a_given_id_replaces(storage: Storage) -> None:
             storage.save(
                 b"1", kind=kind, content_type="image/png", file_name="a.png", file_id=bad_id
             )  # type: ignore[arg-type]
+
+
+def test_exclusive_save_never_replaces(storage: Storage) -> None:
+    """`exclusive` (single-use upload URLs): the first save wins, atomically, on every backend;
+    a second one of the same key is `FileExistsError` and leaves the first bytes."""
+    file_id = new_file_id()
+    save = functools.partial(
+        storage.save, kind="uploads", content_type="image/png", file_name="a.png", file_id=file_id
+    )
+    first = save(b"1", exclusive=True)
+    with pytest.raises(FileExistsError):
+        save(b"22", exclusive=True)
+    assert read_all(storage, first.key) == b"1"
+    with ThreadPoolExecutor(8) as pool:  # racing saves of a fresh key: exactly one stores
+        race = functools.partial(save, exclusive=True, file_id=new_file_id())
+        outcomes = list(pool.map(lambda data: _stored(race, data), [b"a", b"b"] * 4))
+    assert outcomes.count(True) == 1, outcomes
+
+
+def _stored(save: Callable[[bytes], object], data: bytes) -> bool:
+    try:
+        save(data)
+    except FileExistsError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(

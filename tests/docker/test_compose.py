@@ -75,9 +75,38 @@ def test_compose_is_valid_and_has_the_documented_topology() -> None:
         settings = ServerSettings(**env)
         assert settings.job_store_url == "redis://redis:6379/0"
         assert settings.storage_url == "file:///shared/files"
-    assert ServerSettings(gpus="0,1").gpus == ["0", "1"]
+    assert ServerSettings(gpus="0,1").runtime.gpu_groups() == [[0], [1]]  # a worker per GPU
 
 
 def test_compose_refuses_to_start_without_api_keys() -> None:
     with pytest.raises(ValueError, match="OVI_API_KEYS"):
         interpolate(COMPOSE.read_text(), {})
+
+
+def test_compose_and_dockerfile_agree() -> None:
+    """The image runs as uid 10001 and owns every path compose mounts a volume on (Docker gives
+    a new named volume its mount point's owner); the image's HTTP healthcheck is off where no
+    HTTP server runs; the replicas listen on the port the image exposes and the lb proxies to;
+    the final stage carries no pip or build toolchain."""
+    spec = load(ENV)
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    final = dockerfile[dockerfile.rindex("\nFROM ") :]
+    assert "\nUSER 10001" in final
+    (chown,) = re.findall(r"chown ovi:ovi ([^\n\\]+)", final)
+    owned = set(chown.split())
+    (exposed,) = re.findall(r"^EXPOSE (\d+)$", final, re.M)
+    for bad in ("python3-pip", "pip install", "build-essential", "gcc", "python3-dev"):
+        assert bad not in final, bad
+    for name, service in spec["services"].items():
+        if service.get("image") != "ovi-server":
+            continue
+        for volume in service["volumes"]:
+            target = volume.split(":")[1]
+            assert target in owned, f"{name} mounts {target}, which uid 10001 does not own"
+        if service["command"][:2] == ["ovi", "serve"]:
+            assert service["command"][service["command"].index("--port") + 1] == exposed
+            assert "healthcheck" not in service  # the image's /health check applies
+        else:
+            assert service["healthcheck"]["disable"] is True
+    config = spec["configs"]["nginx"]["content"]
+    assert set(re.findall(r"server api-\d:(\d+)", config)) == {exposed}

@@ -122,13 +122,16 @@ def test_two_replicas_three_workers_kills_and_a_redis_restart(tmp_path: Path) ->
         ]
         chaos = _Chaos(clients, workers, redis)
         chaos.start()
-        done = _wait_all(clients, ids, deadline_s=240)
+        # ~60 s on two idle cores; this machine's cores are shared (at load 18, ~0.2 jobs/s)
+        done = _wait_all(clients, ids, deadline_s=600)
         chaos.join()
         phases["all_done"] = time.monotonic() - t0
 
         # Every job completed, with a result, exactly once; outputs distinct, on both replicas.
         results, duplicates, hashes = {}, 0, {}
         for n, request_id in enumerate(ids):
+            if request_id not in done:  # counted as lost below
+                continue
             client = clients[n % 2]
             r = client.get(f"/queue/fal-ai/ovi/requests/{request_id}")
             assert r.status_code == 200, r.text

@@ -84,13 +84,25 @@ class Server:
         self.workers_seen.update(pids)
         return pids
 
+    def descendants(self) -> list[int]:
+        """Every live process under the server (workers, a worker group's forkserver and
+        ranks), remembered for `leftovers`."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            for pid in children(todo.pop()):
+                if "resource_tracker" not in _cmd(pid):
+                    found.append(pid)
+                    todo.append(pid)
+        self.workers_seen.update(found)
+        return found
+
     def leftovers(self) -> list[int]:
         return [p for p in self.workers_seen if pid_alive(p)]
 
-    def submit(self, steps: int = 4, seed: int = 1) -> httpx.Response:
+    def submit(self, steps: int = 4, seed: int = 1, prompt: str = "x") -> httpx.Response:
         with self.http() as c:
             return c.post(
-                f"/queue/{T2V}", json={"prompt": "x", "num_inference_steps": steps, "seed": seed}
+                f"/queue/{T2V}", json={"prompt": prompt, "num_inference_steps": steps, "seed": seed}
             )
 
     def status(self, request_id: str) -> dict[str, Any]:
@@ -163,7 +175,7 @@ def start(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     wait_for: tuple[str, ...] = ("ready",),
-    timeout: float = 60.0,
+    timeout: float = 180.0,  # loading imports torch: slow on a busy 2-core machine
 ) -> Server:
     """A stand-in server on a free loopback port, in its own session (process group); waits
     until `/health` says one of `wait_for` (nothing if empty)."""

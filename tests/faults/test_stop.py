@@ -3,8 +3,9 @@
 
 Every stop must end within 5 s (uvicorn's connection grace) + drain + grace (5 s here) + slack,
 leave no worker process behind, and put a running job back in the queue without using an
-attempt; a worker SIGKILLed mid-job uses one attempt. (`--drain-timeout`, a job that finishes
-during the stop: `test_disk.py`, which ends with one.)
+attempt; a worker SIGKILLed mid-job uses one attempt. The same for a worker group (two gloo
+ranks). Workers and groups follow an API that is SIGKILLed. (`--drain-timeout`, a job that
+finishes during the stop: `test_disk.py`, which ends with one.)
 The model is a stand-in (`_standin.py`); the rest is the real server.
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import _harness as h
+import pytest
 
 BOUND_S = 5 + 5 + 4  # connections + grace (OVI_SHUTDOWN_GRACE_S=5) + slack
 
@@ -43,7 +45,7 @@ def test_sigkill_mid_job_then_group_sigterm_mid_job(tmp_path: Path) -> None:
             workers = server.health()[1]["workers"]
             return [w for w in workers if w["state"] == "ready"]
 
-        server.wait(lambda: len(ready_workers()) == 2, 60, "two ready workers")
+        server.wait(lambda: len(ready_workers()) == 2, 120, "two ready workers")
         job = server.submit(steps=50).json()["request_id"]  # 50 s
 
         def runner() -> int | None:
@@ -98,3 +100,51 @@ def test_stop_while_the_model_loads(tmp_path: Path) -> None:
         server.kill()
     assert not hung and seconds < BOUND_S, seconds
     assert server.leftovers() == []
+
+
+def test_worker_group_stop_releases_the_job_and_leaves_no_rank(tmp_path: Path) -> None:
+    """A worker group (`--cfg-parallel`, two gloo ranks, real collectives; the model a stand-in)
+    mid-job when the whole process group gets SIGTERM: the ranks ride the signal out, rank 0
+    releases the job without using an attempt, and nothing is left (forkserver, ranks)."""
+    data = tmp_path / "data"
+    server = h.start(
+        data, env={"STANDIN_STEP_S": "1"}, args=("--cfg-parallel", "--world-size", "2")
+    )
+    try:
+        job = server.submit(steps=50).json()["request_id"]  # 50 s
+        server.wait(lambda: server.status(job)["status"] == "IN_PROGRESS", 60, "running")
+        time.sleep(1.5)  # a step or two on both ranks
+        assert len(server.descendants()) >= 3  # the group process, its forkserver, the ranks
+        seconds, hung = server.stop(signal.SIGTERM, group=True, limit=45)
+        time.sleep(1.0)
+    finally:
+        server.kill()
+    assert not hung and seconds < BOUND_S, seconds
+    assert server.leftovers() == []
+    row = job_row(data, job)
+    assert row["status"] == "IN_QUEUE" and row["attempts"] == 0, row
+    assert any("back in the queue" in m for m in row["logs"]), row["logs"]
+
+
+@pytest.mark.parametrize("kind", ["worker", "group"])
+def test_workers_follow_the_api_when_it_is_killed(tmp_path: Path, kind: str) -> None:
+    """The API SIGKILLed alone (no lifespan cleanup) mid-job: its worker (or worker group:
+    group process and ranks) notices, releases the job and exits within seconds."""
+    data = tmp_path / "data"
+    args = ("--cfg-parallel", "--world-size", "2") if kind == "group" else ()
+    server = h.start(data, env={"STANDIN_STEP_S": "1"}, args=args)
+    try:
+        job = server.submit(steps=50).json()["request_id"]  # 50 s
+        server.wait(lambda: server.status(job)["status"] == "IN_PROGRESS", 60, "running")
+        assert server.descendants()
+        server.process.kill()
+        server.process.wait(10)
+        deadline = time.monotonic() + 15
+        while server.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = server.leftovers()
+    finally:
+        server.kill()
+    assert left == [], left
+    row = job_row(data, job)
+    assert row["status"] == "IN_QUEUE" and row["attempts"] == 0, row

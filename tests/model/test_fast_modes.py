@@ -164,3 +164,14 @@ def test_cli_fast_with_cache_reports_forwards(tmp_path, capsys):
     # 6 steps of one pass; steps 1, 2 and 6 run, 3-5 reuse the cache
     assert re.search(r"DiT forwards 3 run, 3 skipped, [0-9.]+ s$", line), line
     assert (tmp_path / "o.mp4").stat().st_size > 0
+
+
+def test_ovi_weights_fast_lists_the_fastwan_lora(tmp_path, capsys):
+    argv = ["weights", "--variant", "720x720_5s", "--dir", str(tmp_path), "--list"]
+    assert main(argv) == 0
+    assert "FastWan" not in capsys.readouterr().out
+    assert main([*argv, "--fast"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(
+        "DeepBeepMeep/Wan2.2:loras_accelerators/Wan2_2_5B_FastWanFullAttn_lora_rank_128_bf16"
+    )

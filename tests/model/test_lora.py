@@ -247,3 +247,35 @@ def test_pipeline_merges_runtime_loras_before_the_fast_path(tmp_path):
         before = plain.fusion.get_submodule(name).weight
         after = pipe.fusion.get_submodule(name).weight
         assert torch.equal(after, before + 2 * rank_scale * (up @ down))
+
+
+def test_pipeline_adapters_switch_loras_per_request(tmp_path):
+    """`OviPipeline.adapters`: a request's LoRA is attached unmerged on first use, on at its
+    strength inside the block (the merged model's output to rounding), off after (the base
+    model's output exactly); a changed file is read again; fast mode on a random-weight preset
+    has no FastWan file to add."""
+    from model.pipeline import OviPipeline
+
+    path = tmp_path / "l.safetensors"
+    _write_lora(path, WAN_MODULES, "comfy_diffusion_model_alpha")
+    pipe = OviPipeline.from_preset("tiny_1s", seed=3)
+    merged = OviPipeline.from_preset("tiny_1s", seed=3, lora=[f"{path}:0.6"])
+    inputs = _inputs()
+    with torch.no_grad():
+        base = pipe.fusion(**inputs)
+        with pipe.adapters([LoraSpec(str(path), 0.6)]):
+            on = pipe.fusion(**inputs)
+        off = pipe.fusion(**inputs)
+        want = merged.fusion(**inputs)
+        for a, b in zip(on, want, strict=True):
+            assert float((a - b).norm() / b.norm()) < 1e-5
+        assert all(torch.equal(a, b) for a, b in zip(off, base, strict=True))
+        _write_lora(path, WAN_MODULES, "comfy_diffusion_model_alpha", seed=9)  # replaced
+        with pipe.adapters([LoraSpec(str(path), 0.6)]):
+            changed = pipe.fusion(**inputs)
+        assert not torch.allclose(changed[0], on[0])
+        with pipe.adapters([], fast=True):  # tiny: the sampling preset alone
+            assert all(torch.equal(a, b) for a, b in zip(pipe.fusion(**inputs), base, strict=True))
+    with pytest.raises(LoraError, match="LoRA file not found"):
+        with pipe.adapters([LoraSpec(str(tmp_path / "missing.safetensors"))]):
+            pass

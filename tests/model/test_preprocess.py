@@ -124,22 +124,34 @@ def test_preprocess_image_shape_and_range():
     pixels = preprocess_image(_two_halves((50, 37)), 3072)
     assert pixels.shape == (1, 3, 32, 64) and pixels.dtype == torch.float32
     assert pixels[0, 0, :, :8].mean() > 0.9 and pixels[0, 2, :, -8:].mean() > 0.9
-    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # non-RGB input is flattened first
+    rgba = Image.new("RGBA", (40, 40), (255, 255, 255, 0))  # alpha dropped, colour kept
     assert torch.allclose(preprocess_image(rgba, 1024), torch.ones(1, 3, 32, 32))
+    clear_black = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    assert torch.allclose(preprocess_image(clear_black, 1024), -torch.ones(1, 3, 32, 32))
 
 
 # -- decoding ----------------------------------------------------------------------------------
 
 
-def test_png_alpha_flattened_onto_white():
-    image = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+def test_png_alpha_dropped_stored_colour_kept():
+    # as the official release reads images (OpenCV's default colour mode): no compositing
+    image = Image.new("RGBA", (8, 8), (0, 0, 255, 0))  # fully transparent blue
     image.putpixel((1, 1), (255, 0, 0, 255))
     image.putpixel((2, 2), (0, 0, 0, 128))
     out = load_image(_encode(image, "PNG"))
     assert out.mode == "RGB" and out.size == (8, 8)
-    assert out.getpixel((0, 0)) == WHITE
+    assert out.getpixel((0, 0)) == BLUE
     assert out.getpixel((1, 1)) == RED
-    assert _close(out.getpixel((2, 2)), (127, 127, 127), tol=1)
+    assert out.getpixel((2, 2)) == (0, 0, 0)
+
+
+def test_gray_alpha_and_transparent_palette_keep_their_colours():
+    gray = Image.new("LA", (4, 4), (77, 0))
+    assert load_image(_encode(gray, "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    palette = Image.new("P", (4, 4), 3)
+    palette.putpalette([0, 0, 0] * 3 + [9, 8, 7] + [0, 0, 0] * 252)
+    data = _encode(palette, "PNG", transparency=3)
+    assert load_image(data).getpixel((0, 0)) == (9, 8, 7)
 
 
 def test_jpeg_exif_orientation_applied():

@@ -36,7 +36,9 @@ def test_replace_keeps_values_not_given():
         (dict(slg_layer=-2), "slg_layer"),
         (dict(height=8), "height"),
         (dict(width=5000), "width"),
-        (dict(seed=-1), "seed"),
+        (dict(seed=2**64), "seed"),
+        (dict(seed=-(2**63) - 1), "seed"),
+        (dict(noise="gpu"), "noise"),
     ],
 )
 def test_check_names_the_bad_value(changes, message):

@@ -182,7 +182,10 @@ def test_decode_uint8_gives_the_pipelines_frames_on_the_host(tiny_vae, one_threa
     latent = 2 * torch.randn(1, 48, 3, 2, 2, generator=torch.Generator().manual_seed(4))
     frames = tiny_vae.decode_uint8(latent, device="cpu")
     pixels = _stock(tiny_vae, latent)[0]  # what the pipeline converted before
-    expected = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    # the official conversion: clamp, ((x + 1) / 2 * 255) in float32, truncated
+    expected = torch.from_numpy(
+        ((pixels.float().clamp(-1, 1).numpy() + 1) / 2 * 255).astype("uint8")
+    )
     assert frames.dtype == torch.uint8 and frames.shape == (1, 9, 32, 32, 3)
     assert torch.equal(frames[0], expected.permute(1, 2, 3, 0))
 

@@ -1,5 +1,5 @@
 """Issue 17's bounded costs against a real `ovi serve` (uvicorn, no workers) on loopback: a stalled
-body is cut off, and a burst of decompression-bomb PNGs keeps the API process's memory bounded.
+or dripping body is cut off, and a burst of decompression-bomb PNGs keeps the API process's memory bounded.
 
 One server process for the module (about 3 s to start); its RSS is read from /proc."""
 
@@ -54,6 +54,36 @@ def test_a_stalled_body_is_cut_off(server: Server) -> None:
     assert b'"error_type":"request_body_timeout"' in answer
     assert b"x-fal-request-id" in answer.lower()
     assert elapsed < 5, elapsed  # 1 s timeout, plus scheduling on a busy machine
+
+
+def test_a_dripping_body_is_cut_off(server: Server) -> None:
+    """A byte every 0.3 s never trips the 1 s per-piece timeout; the whole-body rate does."""
+    head = (
+        "POST /queue/fal-ai/ovi HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Key {KEY}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        sock.settimeout(0.3)
+        answer = b""
+        for _ in range(100):  # 30 s at most
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if not answer:  # nothing more once the answer has begun
+                    sock.sendall(b" ")
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"too slow" in answer and b'"error_type":"request_body_timeout"' in answer
+    assert elapsed < 6, elapsed  # cut off after about 1 s, plus scheduling on a busy machine
 
 
 def _burst(server: Server, side: int, n: int = 6) -> list[int]:

@@ -43,15 +43,15 @@ def test_openapi_documents_every_endpoint(app_client) -> None:
         "/health",
     ):
         assert path in paths, path
-    for prefix, name in (("/queue", "QueueStatus"), ("", "OviImageToVideoOutput")):
+    for prefix, name in (("/queue", "QueueStatus"), ("", "OviI2VResponse")):
         post = paths[f"{prefix}/fal-ai/ovi/image-to-video"]["post"]
         body = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-        assert body.endswith("/OviImageToVideoInput")
+        assert body.endswith("/OviI2VRequest")
         answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert answer.endswith("/" + name)
         assert {"401", "422", "429"} <= set(post["responses"])
     t2v = paths["/queue/fal-ai/ovi"]["post"]["requestBody"]["content"]["application/json"]
-    assert t2v["schema"]["$ref"].endswith("/OviInput")
+    assert t2v["schema"]["$ref"].endswith("/OviT2VRequest")
     assert "apiKeyAuth" in doc["components"]["securitySchemes"]
     operation_ids = [op["operationId"] for item in paths.values() for op in item.values()]
     assert len(operation_ids) == len(set(operation_ids))

@@ -13,7 +13,7 @@ from _app import AUTH, RESULT, claim, finish_next, make_settings, running_app, s
 import server.serving as serving
 from server.fetch import ImageInputError
 from server.jobs.base import CANCELLED, START_TIMEOUT, WORKER_LOST, JobError, Outcome
-from server.schemas import OviImageToVideoInput
+from server.schemas import FAL_FIELDS
 from server.storage import read_all
 
 Q = "/queue/fal-ai/ovi"
@@ -319,9 +319,9 @@ def test_per_endpoint_openapi(app_client) -> None:
         "IN_PROGRESS",
         "COMPLETED",
     ]
-    order = schemas["OviImageToVideoInput"]["x-fal-order-properties"]
-    assert order == list(OviImageToVideoInput.model_fields)  # fal's order: test_schemas.py
+    order = schemas["OviI2VRequest"]["x-fal-order-properties"]
+    assert order == [*FAL_FIELDS, "image_url"]  # fal's order: test_schemas.py
     assert "/fal-ai/ovi/image-to-video" in doc["paths"]
-    assert "/fal-ai/ovi/requests/{request_id}/status" in doc["paths"]
+    assert "/fal-ai/ovi/image-to-video/requests/{request_id}/status" in doc["paths"]
     r = client.get("/openapi/queue/openapi.json", params={"endpoint_id": "fal-ai/other"})
     assert r.status_code == 404

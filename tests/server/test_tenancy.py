@@ -164,7 +164,9 @@ def test_every_error_answer_has_an_error_type_and_a_request_id(tmp_path: Path) -
             "429 queue full": client.post(APP, json={"prompt": "b"}, headers=AUTH_A),
             "401 no key": client.post(APP, json={"prompt": "b"}),
             "404 unknown id": client.get(f"{APP}/requests/nope/status", headers=AUTH_A),
-            "422 schema": client.post(APP, json={"prompt": ""}, headers=AUTH_A),
+            "422 schema": client.post(
+                APP, json={"prompt": "x", "num_inference_steps": 0}, headers=AUTH_A
+            ),
             "400 invalid utf-8": client.post(
                 APP,
                 content=b'{"prompt": "\xff\xfe"}',
@@ -196,14 +198,44 @@ def test_every_error_answer_has_an_error_type_and_a_request_id(tmp_path: Path) -
 def test_openapi_documents_every_answer(tmp_path: Path) -> None:
     with _tenants(tmp_path) as (client, _):
         paths = client.get("/openapi.json").json()["paths"]
-    submit = paths["/queue/fal-ai/ovi"]["post"]["responses"]
-    assert {"200", "400", "401", "408", "413", "422", "429", "500"} <= set(submit)
+    every_submit = {"200", "400", "401", "408", "413", "422", "429", "500", "503", "507"}
+    for path in ("/queue/fal-ai/ovi", "/fal-ai/ovi", "/v1/videos"):
+        assert every_submit <= set(paths[path]["post"]["responses"]), path
     for suffix in ("/status", "", "/cancel"):
         path = "/queue/fal-ai/ovi/requests/{request_id}" + suffix
         for op in paths[path].values():
-            assert {"401", "404", "500"} <= set(op["responses"]), path
+            assert {"401", "404", "500", "503"} <= set(op["responses"]), path
+    for path in ("/v1/videos/{video_id}", "/v1/videos/{video_id}/content"):
+        for op in paths[path].values():
+            assert {"401", "404", "500", "503"} <= set(op["responses"]), path
+    for path in ("/workers", "/metrics"):
+        assert "401" in paths[path]["get"]["responses"], path
+    assert "408" in paths["/storage/upload/put/{file_id}"]["put"]["responses"]
     for path, ops in paths.items():
         for op in ops.values():
             assert "500" in op["responses"], path
     assert "404" in paths["/files/{kind}/{file_id}/{name}"]["get"]["responses"]
     assert "401" in paths["/files/{kind}/{file_id}/{name}"]["get"]["responses"]
+
+
+def test_another_key_sees_none_of_the_videos_api(tmp_path: Path) -> None:
+    """`/v1/videos` (Bearer or Key) as the fal routes: another key's video is a 404 like an
+    unknown id on get, content and delete (nothing deleted), and absent from its list."""
+    bearer = {k: {"Authorization": f"Bearer {key}"} for k, key in (("a", A), ("b", B))}
+    with _tenants(tmp_path) as (client, app):
+        mine = client.post("/v1/videos", json={"prompt": "a"}, headers=bearer["a"]).json()["id"]
+        finish_next(store_of(app))
+        unknown = "00000000-0000-0000-0000-000000000000"
+        for method, suffix in (("GET", ""), ("GET", "/content"), ("DELETE", "")):
+            theirs = client.request(method, f"/v1/videos/{mine}{suffix}", headers=bearer["b"])
+            nobody = client.request(method, f"/v1/videos/{unknown}{suffix}", headers=bearer["b"])
+            assert theirs.status_code == nobody.status_code == 404, (method, suffix)
+            assert theirs.json() == nobody.json()
+        listed = client.get("/v1/videos", headers=bearer["b"])
+        assert listed.status_code == 200 and listed.json()["data"] == []
+        after = client.get(f"/v1/videos?after={mine}", headers=bearer["b"])
+        assert after.status_code == 404
+        for auth in (bearer["a"], AUTH_ADMIN):
+            assert client.get("/v1/videos", headers=auth).json()["data"][0]["id"] == mine
+            assert client.get(f"/v1/videos/{mine}", headers=auth).json()["status"] == "completed"
+        assert client.delete(f"/v1/videos/{mine}", headers=bearer["a"]).status_code == 200

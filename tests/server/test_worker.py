@@ -98,6 +98,13 @@ def test_sampling_params_image_to_video() -> None:
         sampling_params("fal-ai/other", t2v(), DEFAULTS)
 
 
+def test_sampling_params_negative_seed_and_noise() -> None:
+    # a negative seed is used as given (echoed back); `noise` is our one extra input
+    params = sampling_params(T2V_APP, t2v(seed=-1, noise="portable"), DEFAULTS)
+    assert params.seed == -1 and params.noise == "portable"
+    assert sampling_params(I2V_APP, i2v(), DEFAULTS).noise is None  # the runtime default
+
+
 def test_classify_failure() -> None:
     from model.preprocess import ImageLoadError
 

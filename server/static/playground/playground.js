@@ -272,6 +272,12 @@ function collect(app) {
         value = Number.isNaN(number) ? value : number; // let the API say what is wrong
       } else if (schema.type === "boolean") {
         value = value === "true";
+      } else if (schema.type === "array" || schema.type === "object") {
+        try {
+          value = JSON.parse(value); // e.g. lora: [{"path": "style.safetensors", "scale": 0.8}]
+        } catch {
+          // sent as typed: the API says what is wrong
+        }
       }
       body[name] = value;
     } else if (kind === "header") {
