@@ -62,7 +62,7 @@ def test_batch_runs_every_row_and_skips_finished_rows(tmp_path, capsys):
     assert main([*argv, "--seed", "10"]) == 0
     records = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok"] * 3
-    assert [r["seed"] for r in records] == [10, 11, 12]
+    assert [r["seed"] for r in records] == [10, 10, 10]  # the official scheme: seed + repeat
     assert records[1]["height"] > records[1]["width"]  # portrait image row
     for r in records:
         assert _probe(r["path"])[0] == 25

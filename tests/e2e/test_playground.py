@@ -175,7 +175,7 @@ def test_invalid_input_shows_the_api_message(open_page, ovi_server: Server) -> N
     with ovi_server.http() as client:
         doc = client.get("/openapi.json").json()
     expected = {"field-x-fal-queue-priority", "field-x-fal-request-timeout", "field-fal_webhook"}
-    for name in ("OviInput", "OviImageToVideoInput"):
+    for name in ("OviT2VRequest", "OviI2VRequest"):  # fal's schema names
         expected |= {f"field-{field}" for field in doc["components"]["schemas"][name]["properties"]}
     expected = {"prompt" if i == "field-prompt" else i for i in expected}
     controls = page.eval_on_selector_all(

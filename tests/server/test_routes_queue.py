@@ -320,7 +320,7 @@ def test_per_endpoint_openapi(app_client) -> None:
         "COMPLETED",
     ]
     order = schemas["OviI2VRequest"]["x-fal-order-properties"]
-    assert order == [*FAL_FIELDS, "image_url"]  # fal's order: test_schemas.py
+    assert order == [*FAL_FIELDS, "image_url", "lora", "fast"]  # fal's, then ours: test_schemas
     assert "/fal-ai/ovi/image-to-video" in doc["paths"]
     assert "/fal-ai/ovi/image-to-video/requests/{request_id}/status" in doc["paths"]
     r = client.get("/openapi/queue/openapi.json", params={"endpoint_id": "fal-ai/other"})
