@@ -115,3 +115,28 @@ def test_offloaded_components_live_on_the_host_and_visit_the_device(mode):
             if module is pipe.text_encoder:
                 assert pipe.encode_prompt("a cat", "blur", "noise")[0].shape[0] == 1
         assert [t.data_ptr() for t in [*module.parameters(), *module.buffers()]] == host
+
+
+def test_text_encoder_offload_is_decided_by_the_gpu_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, `offload_text_encoder` is on below `SMALL_GPU_GIB` (a 40 GB card: all resident
+    does not fit there) and off on a larger GPU or the CPU; a given value is kept."""
+    from types import SimpleNamespace
+
+    import model.pipeline as pipeline_module
+
+    def card(gib: float) -> None:
+        props = SimpleNamespace(total_memory=int(gib * 2**30))
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+
+    cuda = torch.device("cuda", 0)
+    card(39.4)  # an A100 40GB
+    assert pipeline_module._small_gpu(cuda)
+    card(79.1)  # an H100 80GB
+    assert not pipeline_module._small_gpu(cuda)
+    assert not pipeline_module._small_gpu(torch.device("cpu"))
+    runtime, _, _ = pipeline_module._plan(None, None, {"device": "cpu"})
+    assert runtime.offload_text_encoder is False
+    runtime, _, _ = pipeline_module._plan(
+        None, None, {"device": "cpu", "offload_text_encoder": True}
+    )
+    assert runtime.offload_text_encoder is True
