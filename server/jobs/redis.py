@@ -721,24 +721,25 @@ class RedisJobStore:
         found: list[Job] = []
         page = max(limit, 1) if user_id is None else 200
         while len(found) < limit:
-            if newest_first:
-                ids = self._client.zrevrangebyscore(index, bound, "-inf", start=0, num=page)
+            if newest_first:  # (id, seq) pairs: the last seq bounds the next page
+                page_ids = self._client.zrevrangebyscore(
+                    index, bound, "-inf", start=0, num=page, withscores=True
+                )
             else:
-                ids = self._client.zrangebyscore(index, bound, "+inf", start=0, num=page)
-            if not ids:
+                page_ids = self._client.zrangebyscore(
+                    index, bound, "+inf", start=0, num=page, withscores=True
+                )
+            if not page_ids:
                 break
             pipe = self._client.pipeline(transaction=False)
-            for request_id in ids:
+            for request_id, _ in page_ids:
                 pipe.hgetall(self._k("job:", request_id.decode()))
             for raw in pipe.execute():
                 if raw:
                     job = self._job(raw)
                     if user_id is None or job.user_id == user_id:
                         found.append(job)
-            last = self._client.zscore(index, ids[-1])
-            if last is None:  # swept meanwhile: its neighbours still bound the page
-                break
-            bound = f"({int(last)}"
+            bound = f"({int(page_ids[-1][1])}"
         return found[: max(0, limit)]
 
     @_unavailable
