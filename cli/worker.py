@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import threading
 import uuid
-from types import FrameType
 
 from cli.serve import add_settings_flags, check_weights, settings_from_args
 
@@ -66,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def run_supervised(settings) -> int:  # noqa: ANN001 - ServerSettings, imported lazily
     """One supervised worker (or worker group) per slice of `--gpus` until SIGTERM or Ctrl-C."""
     from server.jobs import open_store
+    from server.procs import on_stop_signals
     from server.supervisor import WorkerSupervisor
 
     groups = settings.runtime.gpu_groups()
@@ -82,22 +81,13 @@ def run_supervised(settings) -> int:  # noqa: ANN001 - ServerSettings, imported 
         start_http_server(settings.metrics_port, registry=registry)
         log.info("supervisor: its workers' metrics on port %d", settings.metrics_port)
     stop = threading.Event()
-    _on_sigterm(stop)
+    on_stop_signals(stop.set)  # SIGTERM or Ctrl-C: the supervisor stops them all
     supervisor.start()
     log.info("supervising %d workers on GPUs %s", len(groups), groups)
     try:
         while not stop.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         supervisor.stop()
         store.close()
     return 0
-
-
-def _on_sigterm(stop: threading.Event) -> None:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from server.procs import on_stop_signals
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -69,16 +68,6 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return bool(self._value.value)
-
-
-def _stop_on_signals(stop: Callable[[], None]) -> None:
-    """SIGTERM/SIGINT call `stop()` in this process."""
-
-    def handle(signum: int, frame: Any) -> None:
-        stop()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
 
 class _Channel:
@@ -206,7 +195,7 @@ def _group_rank(settings: ServerSettings, worker_id: str, stop_event: Any, devic
     from server.worker import load_pipeline, run_worker
 
     if stop_event is not None and hasattr(stop_event, "set"):
-        _stop_on_signals(stop_event.set)  # a group-wide signal stops the group through rank 0
+        on_stop_signals(stop_event.set)  # a group-wide signal stops the group through rank 0
     pipe = load_pipeline(settings, None if device is None else str(device))
     if not pipe.parallel.is_main:
         follow(pipe, device)
@@ -270,7 +259,7 @@ def worker_group_main(settings: ServerSettings, worker_id: str, slot: int) -> in
         request.request(immediate=True)
         flag.set()
 
-    _stop_on_signals(stop)
+    on_stop_signals(stop)
     Watchdog(request, settings.drain_timeout_s + settings.shutdown_grace_s).start()
     try:
         run_worker_group(settings, worker_id, stop_event=flag, slot=slot)
