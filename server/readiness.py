@@ -79,6 +79,16 @@ class Readiness:
         return 200 if self.status in ("ready", "degraded") else 503
 
 
+def queue_sizes(counts: dict[str, int]) -> dict[str, int]:
+    """`/health`'s and `/workers`' queue sizes from the store's `counts()`."""
+    return {"in_queue": counts.get("IN_QUEUE", 0), "in_progress": counts.get("IN_PROGRESS", 0)}
+
+
+def is_live(worker: WorkerInfo, settings: ServerSettings, now: float) -> bool:
+    """A worker heard from within `worker_stale_after_s` (a silent one is recovered)."""
+    return now - worker.heartbeat_at < settings.worker_stale_after_s
+
+
 def disk_free_bytes(path: Path) -> int | None:
     """Free bytes on the file system holding `path` (its nearest existing parent); None if it
     cannot be read."""
@@ -135,9 +145,9 @@ def assess(
             can_run_jobs=False,
             store_unavailable=True,
         )
-    queue = {"in_queue": counts.get("IN_QUEUE", 0), "in_progress": counts.get("IN_PROGRESS", 0)}
+    queue = queue_sizes(counts)
     now = time.time()
-    live = [w for w in workers if now - w.heartbeat_at < settings.worker_stale_after_s]
+    live = [w for w in workers if is_live(w, settings, now)]
     by_state: dict[str, list[WorkerInfo]] = {}
     for w in live:
         by_state.setdefault(w.state, []).append(w)

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from server.deps import AuthDep, OptionalCallerDep, SettingsDep, StoreDep, public_health
 from server.jobs.base import JobStore
-from server.readiness import assess, health_body
+from server.readiness import assess, health_body, is_live, queue_sizes
 from server.schemas import HealthStatus, RequestError
 from server.settings import ServerSettings
 
@@ -29,17 +29,8 @@ def fleet(store: JobStore, settings: ServerSettings) -> dict[str, Any]:
     with its host, pid, state and job, plus the queue sizes. Blocking."""
     workers, counts = store.workers(), store.counts()
     now = time.time()
-    listed = [
-        {**w.to_dict(), "live": now - w.heartbeat_at < settings.worker_stale_after_s}
-        for w in workers
-    ]
-    return {
-        "workers": listed,
-        "queue": {
-            "in_queue": counts.get("IN_QUEUE", 0),
-            "in_progress": counts.get("IN_PROGRESS", 0),
-        },
-    }
+    listed = [{**w.to_dict(), "live": is_live(w, settings, now)} for w in workers]
+    return {"workers": listed, "queue": queue_sizes(counts)}
 
 
 @router.get(
