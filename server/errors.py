@@ -143,6 +143,14 @@ class ServiceUnavailableError(
     clients retry 503. `Retry-After` is the `retry_after_s` setting unless set here."""
 
 
+class StoreUnavailableHTTPError(
+    ServiceUnavailableError,
+    detail="The job store is unavailable; retry shortly",
+    headers={"Retry-After": "1"},
+):
+    """The job store cannot be reached (e.g. its Redis restarts): retry soon."""
+
+
 class BadRequestError(FalError, status=400, error_type="bad_request", detail="Bad request"):
     """A malformed request that is not a body validation error (e.g. a bad timeout header)."""
 
@@ -269,7 +277,7 @@ STORE_ERRORS: dict[type[JobStoreError], type[FalError]] = {
     JobNotFoundError: RequestNotFoundError,
     JobAlreadyCompletedError: AlreadyCompletedError,
     QueueFullError: BackPressureError,
-    StoreUnavailableError: ServiceUnavailableError,
+    StoreUnavailableError: StoreUnavailableHTTPError,
 }
 
 
@@ -277,10 +285,6 @@ def fal_error(exc: Exception) -> FalError:
     """The HTTP answer for anything raised while serving a request (500 for the unexpected)."""
     if isinstance(exc, FalError):
         return exc
-    if isinstance(exc, StoreUnavailableError):
-        return ServiceUnavailableError(  # a restart of the store: retry soon
-            "The job store is unavailable; retry shortly", headers={"Retry-After": "1"}
-        )
     if isinstance(exc, JobStoreError):
         for store_error, http_error in STORE_ERRORS.items():
             if isinstance(exc, store_error):
