@@ -140,31 +140,25 @@ def _driver(tmp: str, image: str, with_node: str) -> dict[str, Any]:
     timings = {"server_start_s": time.monotonic() - clock}
     try:
         out: dict[str, Any] = {}
-        python = subprocess.run(
-            [sys.executable, __file__, "python-client", image],
-            env=_client_env(FAL_KEY=API_KEY, SSL_CERT_FILE=str(server.bundle)),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        if python.returncode != 0:
-            raise RuntimeError(f"fal-client failed:\n{python.stderr}\n{server.log_tail()}")
-        out["python"] = json.loads(python.stdout.strip().splitlines()[-1])
+
+        def client(name: str, argv: list[str], cwd: Path | None = None, **env: str) -> Any:
+            """Run one real client to the end; the JSON it prints last."""
+            run = subprocess.run(
+                argv, cwd=cwd, env=_client_env(FAL_KEY=API_KEY, **env), capture_output=True,
+                text=True, timeout=240,
+            )  # fmt: skip
+            if run.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{run.stderr}\n{server.log_tail()}")
+            return json.loads(run.stdout.strip().splitlines()[-1])
+
+        python_argv = [sys.executable, __file__, "python-client", image]
+        out["python"] = client("fal-client", python_argv, SSL_CERT_FILE=str(server.bundle))
         timings["python_client_s"] = time.monotonic() - clock - sum(timings.values())
         if with_node == "node":
-            js = subprocess.run(
-                ["node", "dropin.mjs"],
-                cwd=JS_DIR,
-                env=_client_env(
-                    FAL_KEY=API_KEY, NODE_EXTRA_CA_CERTS=str(server.ca_cert), OVI_IMAGE_FILE=image
-                ),
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
-            if js.returncode != 0:
-                raise RuntimeError(f"@fal-ai/client failed:\n{js.stderr}\n{server.log_tail()}")
-            out["js"] = json.loads(js.stdout.strip().splitlines()[-1])
+            out["js"] = client(
+                "@fal-ai/client", ["node", "dropin.mjs"], JS_DIR,
+                NODE_EXTRA_CA_CERTS=str(server.ca_cert), OVI_IMAGE_FILE=image,
+            )  # fmt: skip
             timings["js_client_s"] = time.monotonic() - clock - sum(timings.values())
         out["timings"] = timings
         print(json.dumps(timings), file=sys.stderr)

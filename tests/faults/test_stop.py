@@ -23,6 +23,18 @@ import pytest
 BOUND_S = 5 + 5 + 4  # connections + grace (OVI_SHUTDOWN_GRACE_S=5) + slack
 
 
+def stop(server: h.Server, sig: int, *, group: bool, settle_s: float = 0.5) -> tuple[float, bool]:
+    """Send `sig` to the API alone or to its whole process group; (seconds to stop, hung)."""
+    seconds, hung = server.stop(sig, group=group, limit=45)
+    time.sleep(settle_s)  # let the leftovers (if any) show up
+    return seconds, hung
+
+
+def assert_stopped_cleanly(server: h.Server, seconds: float, hung: bool) -> None:
+    assert not hung and seconds < BOUND_S, seconds
+    assert server.leftovers() == []
+
+
 def job_row(data: Path, request_id: str) -> dict:
     with sqlite3.connect(data / "jobs.sqlite3") as db:
         db.row_factory = sqlite3.Row
@@ -59,11 +71,10 @@ def test_sigkill_mid_job_then_group_sigterm_mid_job(tmp_path: Path) -> None:
         )
         server.wait(lambda: runner() not in (None, first), 30, "the other worker runs it")
         server.worker_pids()
-        seconds, hung = server.stop(signal.SIGTERM, group=True, limit=45)
+        seconds, hung = stop(server, signal.SIGTERM, group=True, settle_s=0)
     finally:
         server.kill()
-    assert not hung and seconds < BOUND_S, seconds
-    assert server.leftovers() == []
+    assert_stopped_cleanly(server, seconds, hung)
     row = job_row(data, job)
     assert row["status"] == "IN_QUEUE" and row["attempts"] == 1, row  # the stop used none
     assert any("back in the queue" in m for m in row["logs"])
@@ -79,12 +90,10 @@ def test_dead_worker_then_sigterm_to_group(tmp_path: Path) -> None:
         for pid in server.worker_pids():
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.6)  # the supervisor notices and starts another
-        seconds, hung = server.stop(signal.SIGTERM, group=True, limit=45)
-        time.sleep(0.5)
+        seconds, hung = stop(server, signal.SIGTERM, group=True)
     finally:
         server.kill()
-    assert not hung and seconds < BOUND_S, seconds
-    assert server.leftovers() == []
+    assert_stopped_cleanly(server, seconds, hung)
 
 
 def test_stop_while_the_model_loads(tmp_path: Path) -> None:
@@ -94,12 +103,10 @@ def test_stop_while_the_model_loads(tmp_path: Path) -> None:
     try:
         server.wait(server.worker_pids, 20, "a worker process")
         time.sleep(1.0)
-        seconds, hung = server.stop(sig, group=False, limit=45)
-        time.sleep(0.5)
+        seconds, hung = stop(server, sig, group=False)
     finally:
         server.kill()
-    assert not hung and seconds < BOUND_S, seconds
-    assert server.leftovers() == []
+    assert_stopped_cleanly(server, seconds, hung)
 
 
 def test_worker_group_stop_releases_the_job_and_leaves_no_rank(tmp_path: Path) -> None:
@@ -115,12 +122,11 @@ def test_worker_group_stop_releases_the_job_and_leaves_no_rank(tmp_path: Path) -
         server.wait(lambda: server.status(job)["status"] == "IN_PROGRESS", 60, "running")
         time.sleep(1.5)  # a step or two on both ranks
         assert len(server.descendants()) >= 3  # the group process, its forkserver, the ranks
-        seconds, hung = server.stop(signal.SIGTERM, group=True, limit=45)
+        seconds, hung = stop(server, signal.SIGTERM, group=True, settle_s=0)
         time.sleep(1.0)
     finally:
         server.kill()
-    assert not hung and seconds < BOUND_S, seconds
-    assert server.leftovers() == []
+    assert_stopped_cleanly(server, seconds, hung)
     row = job_row(data, job)
     assert row["status"] == "IN_QUEUE" and row["attempts"] == 0, row
     assert any("back in the queue" in m for m in row["logs"]), row["logs"]

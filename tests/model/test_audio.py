@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,11 +21,11 @@ from model.convert.mmaudio import (
 )
 from model.loading import CheckpointMismatchError, count_elements, meta_state_dict
 from model.presets import PRESETS
+from tests.model._reference import REFERENCE
+from tests.model._reference import layout as reference_layout
 from tools.conformance import mmaudio as mmaudio_case
 
-REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 CASE = REFERENCE / "mmaudio"
-LAYOUT = REFERENCE / "layout"
 
 # Two upsampling stages and one AMP kernel: every code path of the vocoder, in milliseconds.
 SMALL_VOCODER = VocoderConfig(
@@ -218,12 +217,8 @@ def test_unsupported_vocoder_variant_is_rejected():
 # --- full-size layouts (meta device) -------------------------------------------------------
 
 
-def _layout(name: str) -> dict:
-    return json.loads((LAYOUT / f"{name}.json").read_text())
-
-
 def test_full_size_vae_layout_is_consumed_exactly():
-    layout = _layout("mmaudio_vae_16k")
+    layout = reference_layout("mmaudio_vae_16k")
     state = meta_state_dict(layout["tensors"], torch.float32)
     assert (len(state), count_elements(state)) == (57, 171_657_378)
     assert (layout["num_tensors"], layout["num_params"]) == (57, 171_657_378)
@@ -234,7 +229,7 @@ def test_full_size_vae_layout_is_consumed_exactly():
 
 @pytest.mark.parametrize("spelling", ["parametrized", "legacy"])
 def test_full_size_vocoder_layout_is_consumed_exactly(spelling):
-    layout = _layout("bigvgan_16k")
+    layout = reference_layout("bigvgan_16k")
     assert layout["inner_key"] == "generator"
     state = meta_state_dict(layout["tensors"], torch.float32)
     if spelling == "legacy":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,10 +27,10 @@ from model.modules.text_encoder import (
     split_by_mask,
 )
 from model.presets import get_preset
+from tests.model._reference import REFERENCE, layout
 from tools.conformance import run_case
 
-REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
-LAYOUT = json.loads((REFERENCE / "layout" / "t5_umt5_xxl.json").read_text())
+LAYOUT = layout("t5_umt5_xxl")
 TINY = get_preset("tiny").config.t5
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -20,10 +17,10 @@ from model.convert.wan_vae import (
 from model.loading import CheckpointMismatchError, expected_shapes, meta_state_dict
 from model.modules.video_vae import VideoVAE
 from model.presets import get_preset
+from tests.model._reference import REFERENCE, layout
 from tools.conformance import run_case
 
-REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
-LAYOUT = json.loads((REFERENCE / "layout" / "wan22_vae.json").read_text())
+LAYOUT = layout("wan22_vae")
 TINY = get_preset("tiny").config.video_vae
 
 

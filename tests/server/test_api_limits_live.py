@@ -22,6 +22,12 @@ from bench.api_burst import AUTH, KEY, Server, bomb_png, rss_mib
 # 6 of a 50 MP one (refused from its header) raise the API's RSS by less than this. Measured
 # before issue 17: +1,324 MiB for the 50 MP burst alone.
 RSS_GROWTH_BOUND_MIB = 200
+# a request that declares a 1000-byte JSON body (the tests then send less, or send it slowly)
+HEAD_1000 = (
+    "POST /queue/fal-ai/ovi HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Authorization: Key {KEY}\r\nContent-Type: application/json\r\n"
+    "Content-Length: 1000\r\n\r\n"
+).encode()
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +41,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_a_stalled_body_is_cut_off(server: Server) -> None:
-    head = (
-        "POST /queue/fal-ai/ovi HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Key {KEY}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 1000\r\n\r\n"
-    )
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head.encode() + b'{"prompt": "ab')  # 15 of the 1000 declared bytes
+        sock.sendall(HEAD_1000 + b'{"prompt": "ab')  # 15 of the 1000 declared bytes
         answer = b""
         while True:  # the server answers, then closes the connection
             chunk = sock.recv(65536)
@@ -58,14 +59,9 @@ def test_a_stalled_body_is_cut_off(server: Server) -> None:
 
 def test_a_dripping_body_is_cut_off(server: Server) -> None:
     """A byte every 0.3 s never trips the 1 s per-piece timeout; the whole-body rate does."""
-    head = (
-        "POST /queue/fal-ai/ovi HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Key {KEY}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 1000\r\n\r\n"
-    )
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head.encode())
+        sock.sendall(HEAD_1000)
         sock.settimeout(0.3)
         answer = b""
         for _ in range(100):  # 30 s at most

@@ -176,14 +176,9 @@ function makeField(name, schema, { apps, required, kind }) {
 
 // <S>...<E> around the selection (or a placeholder), "Audio: ..." appended once.
 function promptHelpers(textarea) {
-  const box = document.createElement("div");
-  box.className = "helpers";
-  const speech = document.createElement("button");
-  speech.type = "button";
-  speech.id = "speech-helper";
-  speech.textContent = "Speech <S>…<E>";
-  speech.title = "Wrap the selected words as spoken words, between <S> and <E>";
-  speech.addEventListener("click", () => {
+  const speech = helperButton(
+    "speech-helper", "Speech <S>…<E>",
+    "Wrap the selected words as spoken words, between <S> and <E>", () => {
     const { selectionStart: a, selectionEnd: b, value } = textarea;
     const words = value.slice(a, b) || "Hello there!";
     const gap = a > 0 && !/\s/.test(value[a - 1]) ? " " : "";
@@ -192,12 +187,9 @@ function promptHelpers(textarea) {
     textarea.focus();
     textarea.setSelectionRange(start, start + words.length);
   });
-  const audio = document.createElement("button");
-  audio.type = "button";
-  audio.id = "audio-helper";
-  audio.textContent = "Audio: caption";
-  audio.title = "Append an Audio: caption that describes the voices and sounds";
-  audio.addEventListener("click", () => {
+  const audio = helperButton(
+    "audio-helper", "Audio: caption",
+    "Append an Audio: caption that describes the voices and sounds", () => {
     const text = textarea.value.trimEnd();
     if (!/Audio:|<AUDCAP>/.test(text)) {
       const placeholder = "describe the voices and sounds";
@@ -208,14 +200,29 @@ function promptHelpers(textarea) {
       textarea.focus();
     }
   });
-  box.append(speech, audio);
+  return helperBox(speech, audio);
+}
+
+// The row of small buttons (and inputs) under a field.
+function helperBox(...children) {
+  const box = document.createElement("div");
+  box.className = "helpers";
+  box.append(...children);
   return box;
+}
+
+function helperButton(id, text, title, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.id = id;
+  button.textContent = text;
+  button.title = title;
+  button.addEventListener("click", onClick);
+  return button;
 }
 
 // A file input next to image_url: the chosen file is sent as a data URI.
 function imageUpload(urlInput) {
-  const box = document.createElement("div");
-  box.className = "helpers";
   const label = document.createElement("label");
   label.htmlFor = "image-file";
   label.textContent = "…or upload an image:";
@@ -241,8 +248,7 @@ function imageUpload(urlInput) {
     };
     reader.readAsDataURL(chosen);
   });
-  box.append(label, file, thumb);
-  return box;
+  return helperBox(label, file, thumb);
 }
 
 function currentApp() {
