@@ -46,6 +46,7 @@ _CUDA_SDPA_PREFERENCE = [
 ]
 
 DEFAULT_CUDA_SDPA_PREFERENCE = tuple(_CUDA_SDPA_PREFERENCE)
+_SDPA_BY_NAME = {b.name: b for b in DEFAULT_CUDA_SDPA_PREFERENCE}
 
 _forced: Backend | None = None
 _logged: set[tuple[str, torch.dtype, Backend]] = set()
@@ -66,7 +67,7 @@ def set_shape_backends(table: dict[ShapeKey, str] | None) -> None:
     """Pin a backend per attention shape ("FA3" or an SDPBackend name such as
     "FLASH_ATTENTION"); None or {} clears the table. A forced backend (`force_backend`) wins."""
     for name in (table or {}).values():
-        if name != "FA3" and name not in SDPBackend.__members__:
+        if name != "FA3" and name not in _SDPA_BY_NAME:
             raise ValueError(f"unknown attention backend {name!r}")
     _by_shape.clear()
     _by_shape.update(table or {})
@@ -86,7 +87,7 @@ def run_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
         out = _fa3_func(q, k, v, softmax_scale=q.shape[-1] ** -0.5, causal=False)
         return out[0] if isinstance(out, tuple) else out
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    with sdpa_kernel([SDPBackend[name]]):
+    with sdpa_kernel([_SDPA_BY_NAME[name]]):
         out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2)
 
