@@ -23,6 +23,31 @@ float32 against the untransformed model, on the tiny preset and on the reference
 | `enable_fp8` (`fp8.py`)          | block linears as float8 e4m3 `torch._scaled_mm`,      | opt-in, CUDA    |
 | (`FastPath.fp8`)                 | per-tensor scales                                     |                 |
 | `check_attention_backends`       | startup check of the CUDA SDPA backends (and FA3)     | CUDA on         |
+| `FastPath.clip_cache`            | RoPE tables, embedded texts, text K/V once per clip   | on              |
+| `FastPath.share_first_layer`     | the guidance passes' text-free work once per step:    | on (off in the  |
+|                                  | patch + time embeddings (time MLP once per step) and  | cpu/block       |
+|                                  | layer 0's self-attentions; sequential passes through  | offload modes,  |
+|                                  | the clip cache (one slot, taken by the next pass),    | whose peak is   |
+|                                  | `forward_cfg` on B rows repeated to 2B                | the denoise)    |
+| `FastPath.cache_fp32_weights`    | the time MLPs' fp32 weight copies once per clip (bf16 | on (same)       |
+|                                  | weights only; fp32 weights are never copied)          |                 |
+| `FastPath.fused_gelu`            | FFN up-projection + tanh GELU as one                  | off: decided by |
+| (`fuse_gelu`, `FusedGeluFFN`)    | `torch._addmm_activation` (cuBLASLt GELU epilogue);   | the bench's     |
+|                                  | CUDA only (CPU's kernel is the erf GELU); inductor    | `fused_gelu_    |
+|                                  | keeps it as a fallback kernel (not decomposed)        | speedup`        |
+| `FastPath.attention_by_shape`    | per attention shape the fastest backend the startup   | CUDA on (it     |
+| (`choose_attention_backends`)    | check kept, timed once per shape before a clip's      | picks only kept |
+|                                  | first step (read when the layers are traced)          | backends)       |
+| `FastPath.vae_channels_last`     | Wan VAE decoder 3-D convs in channels_last_3d         | off: bench's    |
+|                                  |                                                       | `vae_channels_  |
+|                                  |                                                       | last_speedup`   |
+| `FastPath.vae_compile`           | compiled norm + SiLU pairs of the pieces' decoder     | off: bench's    |
+|                                  | (with `compile`)                                      | `vae_compiled_  |
+|                                  |                                                       | speedup`        |
+
+CUDA graphs (`compile_mode="reduce-overhead"`) are a bench variant only (`cuda_graphs_speedup`).
+The switches marked "bench's" are unmeasured (no GPU yet): their defaults stay off until the
+named key says they pay. `tests/model/test_exact_gains.py` checks each switch on CPU in float32.
 
 Order: fuse, then fp8 (it quantises the fused linears), then offload (it streams whatever
 parameters the blocks hold), then compile. `reference_style(model)` temporarily undoes the
