@@ -260,13 +260,13 @@ def estimate_memory(
     with torch.no_grad(), flash_attention_on_meta():
         for label, shape in shapes.items():
             clip_act(f"est_step_{label}_ours_act_gib", shape)
-        # the cpu/block offload modes run without the work kept across the guidance passes
-        # (`resolve_fast_path`: their peak is the denoise phase)
+        # without the work kept across the guidance passes: the plan of the modes whose peak is
+        # the denoise phase (`resolve_fast_path`: cpu/block offload, fast_vae)
         saved = (dit.share_first_layer, dit.clip_cache and dit.clip_cache.fp32_weights)
         dit.share_first_layer = False
         if dit.clip_cache is not None:
             dit.clip_cache.fp32_weights = False
-        clip_act(f"est_step_{main}_offload_modes_act_gib", shapes[main])
+        clip_act(f"est_step_{main}_unshared_act_gib", shapes[main])
         dit.share_first_layer = saved[0]
         if dit.clip_cache is not None:
             dit.clip_cache.fp32_weights = bool(saved[1])
@@ -338,7 +338,7 @@ def _pipeline_peaks(est: dict[str, float], fusion: FusionModel, main: str) -> di
 
         acts = {name: act for name, (_, act) in phases.items()}
         if offload:  # the offload modes' plan (no work kept across the guidance passes)
-            acts["denoise"] = est[f"est_step_{main}_offload_modes_act_gib"]
+            acts["denoise"] = est[f"est_step_{main}_unshared_act_gib"]
         return max(weights(resident + runs) + acts[name] for name, (runs, _) in phases.items())
 
     offload_t5 = peak(COMPONENTS[:1] + COMPONENTS[2:])

@@ -53,9 +53,19 @@ _logged: set[tuple[str, torch.dtype, Backend]] = set()
 
 # Per attention shape (Lq, Lk, heads, head_dim, dtype): the backend chosen from timings
 # ("FA3" or an `SDPBackend` name), set before the first step (`set_shape_backends`); a shape
-# not listed takes the automatic choice. Read when a call is traced, so fill it before compiling.
+# not listed takes the automatic choice. A compiled graph reads its shapes' entries when traced
+# (constants: a new shape's entry recompiles nothing), so fill them before the first step.
 ShapeKey = tuple[int, int, int, int, torch.dtype]
 _by_shape: dict[ShapeKey, str] = {}
+_by_shape_on = False  # whether the table has entries (a graph guards on this flag only)
+
+
+@torch.compiler.assume_constant_result
+def _shape_backend(lq: int, lk: int, heads: int, head_dim: int, dtype: torch.dtype) -> str:
+    """The table's entry for a shape ("" when none). A constant of the compiled graph, with no
+    guard on the table: adding another shape's entry recompiles nothing, and an entry set after
+    its shape was compiled is not seen by that graph (set them before the first step)."""
+    return _by_shape.get((lq, lk, heads, head_dim, dtype), "")
 
 
 def shape_key(q: torch.Tensor, k: torch.Tensor) -> ShapeKey:
@@ -69,8 +79,10 @@ def set_shape_backends(table: dict[ShapeKey, str] | None) -> None:
     for name in (table or {}).values():
         if name != "FA3" and name not in _SDPA_BY_NAME:
             raise ValueError(f"unknown attention backend {name!r}")
+    global _by_shape_on
     _by_shape.clear()
     _by_shape.update(table or {})
+    _by_shape_on = bool(_by_shape)
 
 
 def shape_backends() -> dict[ShapeKey, str]:
@@ -145,9 +157,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     q: [B, Lq, H, D], k/v: [B, Lk, H, D] (same dtype) -> [B, Lq, H, D] in q's dtype.
     """
-    if _by_shape and _forced is None:
-        chosen = _by_shape.get(shape_key(q, k))
-        if chosen is not None:
+    if _by_shape_on and _forced is None:
+        chosen = _shape_backend(*shape_key(q, k))
+        if chosen:
             return run_backend(chosen, q, k, v)
     backend = attention_backend(q.device, q.dtype, q.shape[-1])
     key = (q.device.type, q.dtype, backend)

@@ -24,11 +24,12 @@ float32 against the untransformed model, on the tiny preset and on the reference
 | (`FastPath.fp8`)                 | per-tensor scales                                     |                 |
 | `check_attention_backends`       | startup check of the CUDA SDPA backends (and FA3)     | CUDA on         |
 | `FastPath.clip_cache`            | RoPE tables, embedded texts, text K/V once per clip   | on              |
-| `FastPath.share_first_layer`     | the guidance passes' text-free work once per step:    | on (off in the  |
+| `FastPath.share_first_layer`     | the guidance passes' text-free work once per step:    | on; off with    |
 |                                  | patch + time embeddings (time MLP once per step) and  | cpu/block       |
-|                                  | layer 0's self-attentions; sequential passes through  | offload modes,  |
-|                                  | the clip cache (one slot, taken by the next pass),    | whose peak is   |
-|                                  | `forward_cfg` on B rows repeated to 2B                | the denoise)    |
+|                                  | layer 0's self-attentions; sequential passes through  | offload or      |
+|                                  | the clip cache (one slot, taken by the next pass:     | fast_vae, whose |
+|                                  | +0.62 GiB est. at 704x704x121, under the VAE decode's | peak is the     |
+|                                  | 4.81), `forward_cfg` on B rows repeated to 2B         | denoise phase   |
 | `FastPath.cache_fp32_weights`    | the time MLPs' fp32 weight copies once per clip (bf16 | on (same)       |
 |                                  | weights only; fp32 weights are never copied)          |                 |
 | `FastPath.fused_gelu`            | FFN up-projection + tanh GELU as one                  | off: decided by |
@@ -146,8 +147,9 @@ def resolve_fast_path(runtime: RuntimeOptions, device: torch.device | str) -> Fa
         modes["compile"] = runtime.compile
     if modes:
         config = replace(config or PLAIN_PATH, **modes)
-    if config is not None and (runtime.cpu_offload or runtime.block_offload):
-        # the memory modes' peak is the denoise phase: nothing extra held across a pass
+    if config is not None and (runtime.cpu_offload or runtime.block_offload or runtime.fast_vae):
+        # these modes' peak is the denoise phase (the bf16 VAE decode needs less than a step):
+        # nothing extra held across the guidance passes (`bench --sections memory`)
         config = replace(config, share_first_layer=False, cache_fp32_weights=False)
     if config is not None and config.fp8 and device.type != "cuda":
         raise ValueError(

@@ -158,10 +158,10 @@ def test_denoise_with_the_fast_path_equals_plain(plain):
 
 
 def test_memory_modes_do_not_share():
-    """cpu/block offload: the denoise phase is their peak, nothing extra is held there."""
+    """cpu/block offload, fast_vae: the denoise phase is their peak, nothing extra held there."""
     on = opt.resolve_fast_path(RuntimeOptions(fast_path=True), "cpu")
     assert on.share_first_layer and on.cache_fp32_weights
-    for mode in ("cpu_offload", "block_offload"):
+    for mode in ("cpu_offload", "block_offload", "fast_vae"):
         plan = opt.resolve_fast_path(RuntimeOptions(fast_path=True, **{mode: True}), "cpu")
         assert not plan.share_first_layer and not plan.cache_fp32_weights
     assert not opt.PLAIN_PATH.share_first_layer
@@ -290,6 +290,12 @@ def test_attention_choice_is_read_at_trace_time_without_recompiles(shape_table):
         fn(*_qkv(40, 9, seed))
     assert counter.frame_count == 1
     assert torch.equal(first, attn.run_backend("MATH", q, k, v))
+    # another resolution's shapes join the table: the graph compiled for this one stays valid
+    q2, k2, v2 = _qkv(30, 9)
+    attn.set_shape_backends({**attn.shape_backends(), attn.shape_key(q2, k2): "FLASH_ATTENTION"})
+    assert torch.equal(fn(q2, k2, v2), attn.run_backend("FLASH_ATTENTION", q2, k2, v2))
+    fn(q, k, v)
+    assert counter.frame_count == 2  # one new graph for the new shape, none for the old one
 
 
 def test_clip_attention_shapes_cover_the_forward(plain, shape_table):
