@@ -41,7 +41,9 @@ Fast path (`model/optimize/` applies it to a loaded model; every switch keeps th
 to float rounding): `fuse_projections()` on the attentions (one GEMM for self-attention q/k/v,
 one for the text k/v, one for the fusion k/v; the state dict keeps the official keys),
 `FusionModel.layer_fn` (the per-layer function, replaced by a compiled one), `FusionModel.offload`
-(block-level weight streaming) and `FusionModel.forward_cfg` (both CFG passes in one batch).
+(block-level weight streaming), `FusionModel.forward_cfg` (both CFG passes in one batch) and
+`FusionModel.share_first_layer` (the guidance passes' text-free work, i.e. embeddings and layer 0's
+self-attentions, computed once per step: bit-identical).
 `FusionModel.time_per_token` switches the time MLPs to the official per-token form (same values,
 more work; the benchmark's reference-style path).
 """
@@ -877,7 +879,8 @@ class FusionModel(nn.Module):
     @contextlib.contextmanager
     def clip(self) -> Iterator[FusionModel]:
         """One clip's sampling loop: with a `clip_cache` set, the RoPE tables, embedded texts
-        and text keys/values are computed once and reused by every step; emptied on exit."""
+        and text keys/values are computed once and reused by every step (and, with
+        `share_first_layer`, a pass's text-free work by the next pass); emptied on exit."""
         cache = self.clip_cache
         if cache is None or cache.active:  # no cache, or an outer clip() owns it
             yield self

@@ -242,7 +242,8 @@ def compile_layers(
     Every layer runs the same code on same-shaped weights, so one graph serves all of them
     (the weights are graph inputs); a new latent size compiles once more, a repeated one hits
     the cache. Inductor also keeps compiled kernels on disk (its FX graph cache), so a restarted
-    server compiles faster.
+    server compiles faster. Its two halves (`fusion_layer_self`, `fusion_layer_cross`) are
+    compiled too, for the first layer when `share_first_layer` splits it (two more graphs).
     """
     model.layer_fn, *halves = (
         torch.compile(fn, backend=backend, mode=mode, fullgraph=fullgraph, dynamic=False)
