@@ -260,6 +260,16 @@ def estimate_memory(
     with torch.no_grad(), flash_attention_on_meta():
         for label, shape in shapes.items():
             clip_act(f"est_step_{label}_ours_act_gib", shape)
+        # without the work kept across the guidance passes: the plan of the modes whose peak is
+        # the denoise phase (`resolve_fast_path`: cpu/block offload, fast_vae)
+        saved = (dit.share_first_layer, dit.clip_cache and dit.clip_cache.fp32_weights)
+        dit.share_first_layer = False
+        if dit.clip_cache is not None:
+            dit.clip_cache.fp32_weights = False
+        clip_act(f"est_step_{main}_unshared_act_gib", shapes[main])
+        dit.share_first_layer = saved[0]
+        if dit.clip_cache is not None:
+            dit.clip_cache.fp32_weights = bool(saved[1])
         est["est_text_kv_cache_gib"] = kv_bytes[f"est_step_{main}_ours_act_gib"] / GIB
         act(f"est_step_{main}_batched_cfg_act_gib", lambda: step(shapes[main], batch_cfg=True))
         with opt.reference_style(dit):
@@ -322,11 +332,14 @@ def _pipeline_peaks(est: dict[str, float], fusion: FusionModel, main: str) -> di
     layers = [(module_bytes(v) + module_bytes(a)) / GIB for v, a in pairs]
     streamed_dit = w["fusion"] - sum(layers) + 2 * max(layers)
 
-    def peak(resident: tuple[str, ...], dit: float | None = None) -> float:
+    def peak(resident: tuple[str, ...], dit: float | None = None, offload: bool = False) -> float:
         def weights(names: tuple[str, ...]) -> float:
             return sum(dit if n == "fusion" and dit is not None else w[n] for n in set(names))
 
-        return max(weights(resident + runs) + act for runs, act in phases.values())
+        acts = {name: act for name, (_, act) in phases.items()}
+        if offload:  # the offload modes' plan (no work kept across the guidance passes)
+            acts["denoise"] = est[f"est_step_{main}_unshared_act_gib"]
+        return max(weights(resident + runs) + acts[name] for name, (runs, _) in phases.items())
 
     offload_t5 = peak(COMPONENTS[:1] + COMPONENTS[2:])
     return {
@@ -334,6 +347,6 @@ def _pipeline_peaks(est: dict[str, float], fusion: FusionModel, main: str) -> di
         "est_pipeline_peak_text_encoder_offload_gib": offload_t5,
         # the default on a GPU under `SMALL_GPU_GIB` (a 40 GB card) keeps umT5 on the host
         "est_pipeline_peak_default_40gb_gib": offload_t5,
-        "est_pipeline_peak_cpu_offload_gib": peak(()),
-        "est_pipeline_peak_block_offload_gib": peak((), dit=streamed_dit),
+        "est_pipeline_peak_cpu_offload_gib": peak((), offload=True),
+        "est_pipeline_peak_block_offload_gib": peak((), dit=streamed_dit, offload=True),
     }

@@ -35,7 +35,7 @@ import torch
 
 from model import optimize as opt
 from model.modules import attention as attn
-from model.modules.fusion import FusionModel
+from model.modules.fusion import FusionModel, fusion_layer
 from model.modules.video_vae import to_uint8
 from model.options import RuntimeOptions
 from model.pipeline import OviPipeline
@@ -95,6 +95,32 @@ def _shape_keys(label: str) -> list[str]:
     ]
 
 
+# The exact gains timed on vs off at the main shape (`Bench.run_variants`, `FastPath` fields):
+# shared first-layer work sequential and batched, the clip-cached fp32 time weights, the fused
+# GELU (compiled and eager), the per-shape attention choice, CUDA graphs (reduce-overhead).
+# In this order: the ones that need no new compiled graph first (a lease's budget may end the
+# section during a later one's compile).
+GAINS = (
+    "share_first_layer",
+    "share_first_layer_batched",
+    "fp32_weight_cache",
+    "attention_by_shape",
+    "fused_gelu",
+    "fused_gelu_eager",
+    "cuda_graphs",
+)
+
+
+def _gain_keys(gain: str) -> list[str]:
+    return [
+        f"step_{MAIN}_{gain}_ms",
+        f"step_{MAIN}_no_{gain}_ms",
+        f"{gain}_speedup",
+        f"{gain}_rel_err_video",
+        f"{gain}_rel_err_audio",
+    ]
+
+
 VARIANT_KEYS = (  # at the main shape
     "recompiles_second_request",
     "host_syncs_per_step_fusion",
@@ -112,6 +138,7 @@ VARIANT_KEYS = (  # at the main shape
     "fp8_speedup",
     "fp8_rel_err_video",
     "fp8_rel_err_audio",
+    *(key for gain in GAINS for key in _gain_keys(gain)),
 )
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "matmul": ("matmul_peak_tflops",),
@@ -134,6 +161,12 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "vae_decode_tiled_ms",
         "vae_decode_tiled_peak_mem_gib",
         "vae_decode_tiled_pixel_err_max",
+        "vae_decode_channels_last_ms",
+        "vae_channels_last_speedup",
+        "vae_channels_last_pixel_err_max",
+        "vae_decode_compiled_ms",
+        "vae_compiled_speedup",
+        "vae_compiled_pixel_err_max",
     ),
     "audio": ("audio_decode_ms",),
     "totals": ("pipeline_50_steps_composed_s", "pipeline_30_steps_composed_s"),
@@ -150,6 +183,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         f"est_step_{MAIN}_batched_cfg_act_gib",
         f"est_step_{MAIN}_reference_act_gib",
         f"est_step_{MAIN}_fp8_act_gib",
+        f"est_step_{MAIN}_unshared_act_gib",
         "est_text_kv_cache_gib",
         "est_t5_act_gib",
         "est_vae_encode_image_act_gib",
@@ -537,6 +571,8 @@ class Bench:
 
     def _dit_shape(self, label: str, shape: Shape, first: bool) -> None:
         f = self.figures
+        if self.cuda and self.extra["fast_path"].get("attention_by_shape"):
+            self._choose_attention(label)  # as the pipeline does before a clip's first step
         # ours: the first call compiles (a new shape); then the timed runs
         t0 = time.perf_counter()
         self.step(label)
@@ -644,6 +680,97 @@ class Bench:
             self.note(keys, f"fp8 failed: {str(err).splitlines()[0][:200]}")
         finally:
             opt.disable_fp8(fusion)
+        self._exact_gains()
+
+    def _choose_attention(self, label: str) -> None:
+        """The per-shape attention backends for `label` (timed once per shape), recorded."""
+        x = self.inputs(label)
+        opt.choose_clip_attention(self.fusion, x["video"], x["audio"])
+        self.extra["attention_by_shape"] = {
+            f"{lq}x{lk} h{h} d{d} {str(dt_).removeprefix('torch.')}": name
+            for (lq, lk, h, d, dt_), name in attn.shape_backends().items()
+        }
+
+    def _exact_gains(self) -> None:
+        """Each exact gain (`GAINS`) timed on vs off at the main shape, the rest of the plan as
+        the default; a gain that fails is a note and the next one runs."""
+        fusion, cache = self.fusion, self.fusion.clip_cache
+        backend = self.compile_backend
+        compiled = fusion.layer_fn is not fusion_layer
+        table = attn.shape_backends()
+
+        def share(on: bool) -> None:
+            fusion.share_first_layer = on
+
+        def fp32_cache(on: bool) -> None:
+            if cache is None:
+                raise RuntimeError("the fp32 weight cache needs the clip cache")
+            cache.fp32_weights = on
+
+        def by_shape(on: bool) -> None:
+            attn.set_shape_backends(None)
+            if on:
+                self._choose_attention(MAIN)
+
+        def gelu_eager(on: bool) -> None:
+            opt.uncompile_layers(fusion)
+            opt.fuse_gelu(fusion, on)
+
+        def graphs(on: bool) -> None:
+            if not self.cuda:
+                raise _CudaOnly
+            opt.compile_layers(fusion, backend=backend, mode="reduce-overhead" if on else None)
+
+        gains: dict[str, tuple[Callable[[bool], None], bool, bool]] = {
+            # gain: (switch, its default state, batched CFG)
+            "share_first_layer": (share, fusion.share_first_layer, False),
+            "share_first_layer_batched": (share, fusion.share_first_layer, True),
+            "fp32_weight_cache": (fp32_cache, bool(cache and cache.fp32_weights), False),
+            "fused_gelu": (partial(opt.fuse_gelu, fusion), False, False),
+            "fused_gelu_eager": (gelu_eager, False, False),
+            "attention_by_shape": (by_shape, bool(table), False),
+            "cuda_graphs": (graphs, False, False),
+        }
+        for gain in GAINS:
+            switch, default, batched = gains[gain]
+            try:
+                self._time_gain(gain, switch, batched)
+            except _CudaOnly:
+                self.note(_gain_keys(gain), "CUDA only")
+            except Exception as err:  # noqa: BLE001 - recorded; the next gain runs
+                self.free()
+                text = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+                self.note(_gain_keys(gain), f"{gain} failed: {text}")
+                self.say(f"{gain} failed: {text}")
+            finally:
+                self.end_clip()
+                try:  # back to the default plan
+                    switch(default)
+                except _CudaOnly:
+                    pass
+                if gain in ("fused_gelu_eager", "cuda_graphs") and compiled:
+                    opt.compile_layers(fusion, backend=backend)
+                attn.set_shape_backends(table)
+
+    def _time_gain(self, gain: str, switch: Callable[[bool], None], batched: bool) -> None:
+        f, label = self.figures, MAIN
+        ms, out = {}, {}
+        for on in (False, True):
+            switch(on)
+            self.end_clip()
+            if gain == "cuda_graphs":  # CUDA graphs record on the calls after the compile
+                for _ in range(2):
+                    self.step(label, batch_cfg=batched)
+            ms[on], out[on] = self.clock.median(lambda: self.step(label, batch_cfg=batched))
+        on_ms, off_ms, speedup, err_v, err_a = _gain_keys(gain)
+        f[on_ms], f[off_ms] = ms[True], ms[False]
+        f[speedup] = ms[False] / ms[True]
+        f[err_v] = rel_err(out[True][0], out[False][0])
+        f[err_a] = rel_err(out[True][1], out[False][1])
+        self.say(
+            f"{gain}: on {ms[True]:.1f} ms, off {ms[False]:.1f} ms ({f[speedup]:.3f}x),"
+            f" rel err video {f[err_v]:.2e} audio {f[err_a]:.2e}"
+        )
 
     def run_t5(self) -> None:
         self.text_encoder = build_text_encoder(self.config, self.device, self.dtype, seed=7)
@@ -689,6 +816,7 @@ class Bench:
                 )
             f["vae_decode_rel_err"] = rel_err(fast.float(), ref)
             f["vae_decode_pixel_err_max"], f["vae_decode_pixel_err_mean"] = _pixel_err(fast, ref)
+            self._vae_switches(vae, latent, fast)
             del fast
             # spatial tiling (diffusers' defaults): caps memory, blends tile seams
             vae.enable_tiling()
@@ -706,6 +834,37 @@ class Bench:
             f" of 255, mean {f['vae_decode_pixel_err_mean']:.3f}), stock bf16"
             f" {f['vae_decode_stock_bf16_ms']:.1f} ms, tiled {f['vae_decode_tiled_ms']:.1f} ms"
         )
+
+    def _vae_switches(self, vae: Any, latent: torch.Tensor, default: torch.Tensor) -> None:
+        """The decoder's exact switches (`FastPath.vae_channels_last`, `vae_compile`) on the
+        decode just timed (`vae_decode_ms`): time, speed-up and pixel difference to it (with
+        --small on the first two latent frames, against their own default decode)."""
+        f = self.figures
+        base_ms = f["vae_decode_ms"]
+        if self.small:  # CI checks that the code runs: two latent frames, their own baseline
+            latent = latent[:, :, :2]
+            base_ms, default = self.clock.median(lambda: vae.decode(latent.to(self.dtype)))
+        switches = {
+            "channels_last": (vae.use_channels_last, "vae_decode_channels_last_ms"),
+            "compiled": (
+                partial(vae.compile_decoder, backend=self.compile_backend),
+                "vae_decode_compiled_ms",
+            ),
+        }
+        for name, (switch, ms_key) in switches.items():
+            keys = [ms_key, f"vae_{name}_speedup", f"vae_{name}_pixel_err_max"]
+            try:
+                switch(True)  # (the clock's warm-up call compiles)
+                f[ms_key], out = self.clock.median(lambda: vae.decode(latent.to(self.dtype)))
+                f[keys[1]] = base_ms / f[ms_key]
+                f[keys[2]] = _pixel_err(out, default)[0]
+                self.say(f"VAE decode {name}: {f[ms_key]:.1f} ms ({f[keys[1]]:.3f}x)")
+                del out
+            except Exception as err:  # noqa: BLE001 - recorded; the section goes on
+                text = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+                self.note(keys, f"vae {name} failed: {text}")
+            finally:
+                switch(False)
 
     def run_audio(self) -> None:
         shape = self.shapes[MAIN]
@@ -1010,6 +1169,10 @@ def _pixel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
+
+
+class _CudaOnly(Exception):  # noqa: N818 - a gain measured on a GPU only
+    pass
 
 
 class Stop(BaseException):  # noqa: N818 - not an error: the run is asked to stop

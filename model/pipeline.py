@@ -66,6 +66,7 @@ from .modules.fusion import FusionModel
 from .modules.text_encoder import TextEncoder, build_tiny_tokenizer
 from .optimize.fast_path import (
     FastPath,
+    choose_clip_attention,
     optimize_pipeline,
     projections_fused,
     resolve_fast_path,
@@ -628,6 +629,13 @@ class OviPipeline:
         # 4. denoise
         clock = time.perf_counter()
         forwards = ForwardCount()
+        if (
+            self.fast_path is not None
+            and self.fast_path.attention_by_shape
+            and self.device.type == "cuda"
+            and self.parallel is None
+        ):  # the attention backend per shape of this clip, timed once per shape
+            choose_clip_attention(self.fusion, video, audio)
         with self._on_device(self.fusion), self.fusion.clip():  # clip cache: RoPE, text K/V
             video, audio = denoise(
                 self.fusion if self.parallel is None else self.parallel.wrap(self.fusion),

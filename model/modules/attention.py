@@ -15,6 +15,8 @@ Every attention in `model/` calls `attention(q, k, v)`. Layout is the flash-attn
 `force_backend("sdpa")` pins plain SDPA for comparisons, `force_backend(None)` undoes it.
 `set_cuda_sdpa_preference([...])` reorders or trims the CUDA SDPA list (the fast path's startup
 check in `model/optimize/fast_path.py` drops backends that fail on the machine).
+`set_shape_backends({...})` pins one backend per attention shape (the fast path's choice from
+timings, `choose_attention_backends`, among the backends the startup check kept).
 """
 
 from __future__ import annotations
@@ -44,9 +46,62 @@ _CUDA_SDPA_PREFERENCE = [
 ]
 
 DEFAULT_CUDA_SDPA_PREFERENCE = tuple(_CUDA_SDPA_PREFERENCE)
+_SDPA_BY_NAME = {b.name: b for b in DEFAULT_CUDA_SDPA_PREFERENCE}
 
 _forced: Backend | None = None
 _logged: set[tuple[str, torch.dtype, Backend]] = set()
+
+# Per attention shape (Lq, Lk, heads, head_dim, dtype): the backend chosen from timings
+# ("FA3" or an `SDPBackend` name), set before the first step (`set_shape_backends`); a shape
+# not listed takes the automatic choice. A compiled graph reads its shapes' entries when traced
+# (constants: a new shape's entry recompiles nothing), so fill them before the first step.
+ShapeKey = tuple[int, int, int, int, torch.dtype]
+_by_shape: dict[ShapeKey, str] = {}
+_by_shape_on = False  # whether the table has entries (a graph guards on this flag only)
+
+
+@torch.compiler.assume_constant_result
+def _shape_backend(lq: int, lk: int, heads: int, head_dim: int, dtype: torch.dtype) -> str:
+    """The table's entry for a shape ("" when none). A constant of the compiled graph, with no
+    guard on the table: adding another shape's entry recompiles nothing, and an entry set after
+    its shape was compiled is not seen by that graph (set them before the first step)."""
+    return _by_shape.get((lq, lk, heads, head_dim, dtype), "")
+
+
+def shape_key(q: torch.Tensor, k: torch.Tensor) -> ShapeKey:
+    """The key of `set_shape_backends` for q [B, Lq, H, D], k [B, Lk, H, D]."""
+    return (q.shape[1], k.shape[1], q.shape[2], q.shape[3], q.dtype)
+
+
+def set_shape_backends(table: dict[ShapeKey, str] | None) -> None:
+    """Pin a backend per attention shape ("FA3" or an SDPBackend name such as
+    "FLASH_ATTENTION"); None or {} clears the table. A forced backend (`force_backend`) wins."""
+    for name in (table or {}).values():
+        if name != "FA3" and name not in _SDPA_BY_NAME:
+            raise ValueError(f"unknown attention backend {name!r}")
+    global _by_shape_on
+    _by_shape.clear()
+    _by_shape.update(table or {})
+    _by_shape_on = bool(_by_shape)
+
+
+def shape_backends() -> dict[ShapeKey, str]:
+    return dict(_by_shape)
+
+
+def run_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`attention` on one named backend ("FA3" or an SDPBackend name), nothing else tried."""
+    if name == "FA3":
+        if _fa3_func is None:
+            raise ValueError(
+                "attention backend 'FA3' requested but flash_attn_interface is missing"
+            )
+        out = _fa3_func(q, k, v, softmax_scale=q.shape[-1] ** -0.5, causal=False)
+        return out[0] if isinstance(out, tuple) else out
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    with sdpa_kernel([_SDPA_BY_NAME[name]]):
+        out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2)
 
 
 def force_backend(name: Backend | None) -> None:
@@ -102,6 +157,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     q: [B, Lq, H, D], k/v: [B, Lk, H, D] (same dtype) -> [B, Lq, H, D] in q's dtype.
     """
+    if _by_shape_on and _forced is None:
+        chosen = _shape_backend(*shape_key(q, k))
+        if chosen:
+            return run_backend(chosen, q, k, v)
     backend = attention_backend(q.device, q.dtype, q.shape[-1])
     key = (q.device.type, q.dtype, backend)
     if not torch.compiler.is_compiling() and key not in _logged:  # no side effects in a trace

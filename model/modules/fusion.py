@@ -41,7 +41,9 @@ Fast path (`model/optimize/` applies it to a loaded model; every switch keeps th
 to float rounding): `fuse_projections()` on the attentions (one GEMM for self-attention q/k/v,
 one for the text k/v, one for the fusion k/v; the state dict keeps the official keys),
 `FusionModel.layer_fn` (the per-layer function, replaced by a compiled one), `FusionModel.offload`
-(block-level weight streaming) and `FusionModel.forward_cfg` (both CFG passes in one batch).
+(block-level weight streaming), `FusionModel.forward_cfg` (both CFG passes in one batch) and
+`FusionModel.share_first_layer` (the guidance passes' text-free work, i.e. embeddings and layer 0's
+self-attentions, computed once per step: bit-identical).
 `FusionModel.time_per_token` switches the time MLPs to the official per-token form (same values,
 more work; the benchmark's reference-style path).
 """
@@ -175,13 +177,23 @@ class LayerNorm(nn.LayerNorm):
 
 class Fp32Sequential(nn.Sequential):
     """A Linear/activation Sequential computed in float32 whatever its weight dtype (the time
-    MLPs); same keys as `nn.Sequential`. [..., in] -> [..., out] fp32."""
+    MLPs); same keys as `nn.Sequential`. [..., in] -> [..., out] fp32.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    cache: an active `ClipCache` with `fp32_weights` set keeps the float32 copies of weights
+    stored in another dtype for the clip (cast once, not every call; fp32 weights are used as
+    they are, no copy)."""
+
+    def forward(self, x: torch.Tensor, cache: ClipCache | None = None) -> torch.Tensor:
         x = x.float()
+        keep = cache if cache is not None and cache.fp32_weights else None
         for layer in self:
             if isinstance(layer, nn.Linear):
-                x = F.linear(x, layer.weight.float(), layer.bias.float())
+                w, b = layer.weight, layer.bias
+                if keep is not None and w.dtype != torch.float32:
+                    w, b = _cached(
+                        keep, ("fp32", "weight"), w, lambda w=w, b=b: (w.float(), b.float())
+                    )
+                x = F.linear(x, w.float(), b.float())
             else:
                 x = layer(x)
         return x
@@ -397,7 +409,9 @@ class TowerInputs(NamedTuple):
     e: torch.Tensor  # [B, U, D] fp32 time embedding per distinct timestep (U = L: per token)
     e0: torch.Tensor  # [B, U, 6, D] fp32 time projection per distinct timestep
     index: torch.Tensor | None  # [L] row of e/e0 for each token; None when U is 1 or L
-    context: torch.Tensor  # [B, text_len, D] embedded (zero-padded) text, compute dtype
+    # [B, text_len, D] embedded (zero-padded) text, compute dtype; None before the text is
+    # embedded (`WanTower.embed_latents`)
+    context: torch.Tensor | None
     rope: Rope  # (cos, sin) [L, d/2] fp32
     grid: tuple[int, ...]  # (F, H', W') video, (L,) audio
     dtype: torch.dtype  # the model's compute dtype (`FusionModel.dtype`)
@@ -407,9 +421,16 @@ class TowerInputs(NamedTuple):
     def rows(self, sl: slice) -> TowerInputs:
         """The same inputs for batch rows `sl` only."""
         kv = None if self.text_kv is None else (self.text_kv[0][sl], self.text_kv[1][sl])
+        context = None if self.context is None else self.context[sl]
         return self._replace(
-            x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=self.context[sl], text_kv=kv
+            x=self.x[sl], e=self.e[sl], e0=self.e0[sl], context=context, text_kv=kv
         )
+
+    def repeat(self, n: int) -> TowerInputs:
+        """The per-sample inputs (x, e, e0) repeated n times along the batch (rows [0, B) then
+        [B, 2B), ...); the text is left as it is."""
+        x, e, e0 = (torch.cat([y] * n) for y in (self.x, self.e, self.e0))
+        return self._replace(x=x, e=e, e0=e0)
 
 
 class FusionBlock(nn.Module):
@@ -516,12 +537,34 @@ class ClipCache:
     activates it for one clip and empties it after (the K/V of 30 layers x 2 towers x 2 texts
     are ~0.7 GiB at full size, freed before the VAE decode)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fp32_weights: bool = False) -> None:
         self.active = False
+        # keep the fp32 copies of the time MLPs' weights (`Fp32Sequential`) for the clip
+        self.fp32_weights = fp32_weights
         self._entries: dict[tuple[Any, ...], tuple[torch.Tensor | None, Any]] = {}
+        # one guidance pass's text-free work, for the next pass on the same inputs (`share`)
+        self._shared: tuple[tuple[Any, ...], tuple[torch.Tensor, ...], Any] | None = None
 
     def clear(self) -> None:
         self._entries.clear()
+        self._shared = None
+
+    def share(self, key: tuple[Any, ...], tensors: tuple[torch.Tensor, ...], value: Any) -> None:
+        """Keep `value`, computed from `tensors` (by identity and version) and `key`, for one
+        `take` (one slot: the text-free first-layer work of a guidance pass)."""
+        self._shared = (self._key(key, tensors), tensors, value)
+
+    def take(self, key: tuple[Any, ...], tensors: tuple[torch.Tensor, ...]) -> Any:
+        """The value `share`d for the same key and the same tensors (same identity, unchanged
+        since), else None; the slot is emptied either way (a stale entry frees at once)."""
+        shared, self._shared = self._shared, None
+        if shared is None or shared[0] != self._key(key, tensors):
+            return None
+        return shared[2]
+
+    @staticmethod
+    def _key(key: tuple[Any, ...], tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+        return (*key, *((id(x), x._version) for x in tensors))
 
     def get(self, key: tuple[Any, ...], tensor: torch.Tensor | None) -> Any:
         full = key if tensor is None else (*key, id(tensor), tensor._version)
@@ -628,6 +671,23 @@ class WanTower(nn.Module):
         cache: a clip cache (`ClipCache`, active) keeps the RoPE tables and (`cache_text`) the
         embedded text.
         """
+        inputs = self.embed_latents(
+            latents, t, first_frame_is_clean, time_per_token, dtype=dtype, cache=cache
+        )
+        return inputs._replace(context=self.embed_context(context, dtype, cache, cache_text))
+
+    def embed_latents(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        first_frame_is_clean: bool = False,
+        time_per_token: bool = False,
+        *,
+        dtype: torch.dtype,
+        cache: ClipCache | None = None,
+    ) -> TowerInputs:
+        """The text-free part of `embed` (patch embedding, RoPE, time embedding): the same for
+        both guidance passes. Returns `TowerInputs` with `context` None."""
         cfg = self.config
         # 1. patch & position embedding: tokens, then RoPE for their grid
         if cfg.modality == "video":
@@ -654,13 +714,21 @@ class WanTower(nn.Module):
         if time_per_token:
             rows = _per_token(rows, index).expand(-1, num_tokens)  # [B, L]
             index = None
-        e = self.time_embedding(sinusoidal_embedding(rows, cfg.freq_dim))  # [B, U, D] fp32
-        e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D] fp32
-        # text: zero-pad to text_len, embed every row (no mask downstream)
+        e = self.time_embedding(sinusoidal_embedding(rows, cfg.freq_dim), cache=cache)  # [B, U, D]
+        e0 = self.time_projection(e, cache=cache).unflatten(-1, (6, cfg.dim))  # [B, U, 6, D] fp32
+        return TowerInputs(x, e, e0, index, None, rope, grid, dtype)
+
+    def embed_context(
+        self,
+        context: torch.Tensor,
+        dtype: torch.dtype,
+        cache: ClipCache | None = None,
+        cache_text: bool = True,
+    ) -> torch.Tensor:
+        """`embed_text` through an active clip cache (`cache_text`: keyed by the text tensor)."""
         text_cache = cache if cache_text else None
-        context = _cached(text_cache, ("text", id(self), dtype), context,
-                          lambda: self.embed_text(context, dtype))  # fmt: skip
-        return TowerInputs(x, e, e0, index, context, rope, grid, dtype)
+        return _cached(text_cache, ("text", id(self), dtype), context,
+                       lambda: self.embed_text(context, dtype))  # fmt: skip
 
     def embed_text(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[B, Lt, Dt] -> [B, text_len, D] (compute dtype): zero-padded to text_len, every row
@@ -707,6 +775,37 @@ def fusion_layer(
     mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
     a = audio_block.self_attention(a, ma, aud)  # step 1
     v = video_block.self_attention(v, mv, vid)  # step 2
+    a_next = audio_block.cross_attention_ffn(a, ma, aud, v, vid.rope)  # step 3: target = v
+    v = video_block.cross_attention_ffn(v, mv, vid, a, aud.rope)  # step 4: target = a (step 1)
+    return v, a_next
+
+
+def fusion_layer_self(
+    video_block: FusionBlock,
+    audio_block: FusionBlock,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    vid: TowerInputs,
+    aud: TowerInputs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2 of `fusion_layer` (both self-attentions): nothing of the text yet, so the
+    two guidance passes agree on it in the first layer. Same ops as `fusion_layer`."""
+    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+    a = audio_block.self_attention(a, ma, aud)  # step 1
+    v = video_block.self_attention(v, mv, vid)  # step 2
+    return v, a
+
+
+def fusion_layer_cross(
+    video_block: FusionBlock,
+    audio_block: FusionBlock,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    vid: TowerInputs,
+    aud: TowerInputs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 3 and 4 of `fusion_layer` on the streams after `fusion_layer_self`."""
+    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
     a_next = audio_block.cross_attention_ffn(a, ma, aud, v, vid.rope)  # step 3: target = v
     v = video_block.cross_attention_ffn(v, mv, vid, a, aud.rope)  # step 4: target = a (step 1)
     return v, a_next
@@ -767,6 +866,12 @@ class FusionModel(nn.Module):
         self.audio_model = WanTower(audio, target_dim=video.dim)
         # run-time switches, not weights (model/optimize/ sets them; see the module docstring)
         self.layer_fn: LayerFn = fusion_layer
+        # the first layer in two halves (`fusion_layer_self`, `fusion_layer_cross`) where the
+        # guidance passes share its text-free half (`share_first_layer`); compiled with layer_fn
+        self.layer_halves: tuple[LayerFn, LayerFn] = (fusion_layer_self, fusion_layer_cross)
+        # compute the text-free work (embeddings, first-layer self-attention) once for both
+        # guidance passes: `forward_cfg` on B rows, sequential passes through the clip cache
+        self.share_first_layer = False
         self.offload: LayerWeights | None = None
         self.time_per_token = False
         self.clip_cache: ClipCache | None = None  # per-clip reuse while `clip()` is active
@@ -774,7 +879,8 @@ class FusionModel(nn.Module):
     @contextlib.contextmanager
     def clip(self) -> Iterator[FusionModel]:
         """One clip's sampling loop: with a `clip_cache` set, the RoPE tables, embedded texts
-        and text keys/values are computed once and reused by every step; emptied on exit."""
+        and text keys/values are computed once and reused by every step (and, with
+        `share_first_layer`, a pass's text-free work by the next pass); emptied on exit."""
         cache = self.clip_cache
         if cache is None or cache.active:  # no cache, or an outer clip() owns it
             yield self
@@ -871,6 +977,12 @@ class FusionModel(nn.Module):
                 ((context_pos[1], context_neg[1]), self.config.audio),
             )
         ]  # [2B, text_len, Dt] each; the tower zero-pads the same way
+        if self.share_first_layer:  # the text-free work on B rows, then repeated to 2B
+            v, a = self._forward(
+                video, audio, t, (padded[0], padded[1]), first_frame_is_clean, slg_layer,
+                slg_rows_from=b, cache_text=False, repeat=2,
+            )  # fmt: skip
+            return v[:b], a[:b], v[b:], a[b:]
         v, a = self._forward(
             torch.cat([video, video]),
             torch.cat([audio, audio]),
@@ -893,23 +1005,43 @@ class FusionModel(nn.Module):
         slg_layer: int | bool | None,
         slg_rows_from: int = 0,
         cache_text: bool = True,
+        repeat: int = 1,
     ) -> tuple[Tensor, Tensor]:
         """`forward` after the input checks; the skipped layer skips rows >= slg_rows_from;
-        cache_text: an active clip cache may keep the texts' embeddings and keys/values."""
+        cache_text: an active clip cache may keep the texts' embeddings and keys/values.
+
+        With `share_first_layer`, the text-free work (embeddings, the first layer's
+        self-attentions) is the same for every guidance pass: it runs on the B rows of video,
+        audio and t and is repeated `repeat` times to the context's batch (`forward_cfg`), and
+        with an active clip cache a pass on the same input tensors (identity and version, the
+        same first_frame_is_clean) reuses the previous pass's (sequential guidance passes)."""
+        t_in = t
         t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
-        dtype, per_token = self.dtype, self.time_per_token
+        dtype, per_token, share = self.dtype, self.time_per_token, self.share_first_layer
+        if repeat > 1 and not share:
+            raise ValueError("repeat > 1 needs share_first_layer")
 
         # 1. patch & position embedding, 2. condition embeddings: both towers
         video_blocks, audio_blocks = self.video_model.blocks, self.audio_model.blocks
         cache = self.clip_cache if self.clip_cache is not None and self.clip_cache.active else None
-        vid = self.video_model.embed(
-            video, t, context[0], first_frame_is_clean, per_token, dtype=dtype, cache=cache,
-            cache_text=cache_text,
-        )  # fmt: skip
-        aud = self.audio_model.embed(
-            audio, t, context[1], time_per_token=per_token, dtype=dtype, cache=cache,
-            cache_text=cache_text,
-        )  # fmt: skip
+        slot = cache if share and repeat == 1 else None  # sequential passes: through the cache
+        shared_key = ("first_layer", first_frame_is_clean, per_token, dtype)
+        shared = None if slot is None else slot.take(shared_key, (video, audio, t_in))
+        if shared is None:
+            vid = self.video_model.embed_latents(
+                video, t, first_frame_is_clean, per_token, dtype=dtype, cache=cache
+            )
+            aud = self.audio_model.embed_latents(
+                audio, t, time_per_token=per_token, dtype=dtype, cache=cache
+            )
+        else:  # embeddings and first-layer self-attentions of the previous pass (x: after them)
+            vid, aud = shared
+        vid = vid._replace(
+            context=self.video_model.embed_context(context[0], dtype, cache, cache_text)
+        )
+        aud = aud._replace(
+            context=self.audio_model.embed_context(context[1], dtype, cache, cache_text)
+        )
         # the embedded texts' per-layer keys/values, filled as the layers first run
         kv_v = kv_a = None
         if cache is not None and cache_text:
@@ -927,13 +1059,25 @@ class FusionModel(nn.Module):
         for i in layers:
             if self.offload is not None:
                 self.offload.fetch(i)
+            if share and i == 0:  # (layer 0 is never skipped) its text-free half, once
+                if shared is None:
+                    v, a = self.layer_halves[0](video_blocks[0], audio_blocks[0], v, a, vid, aud)
+                    if slot is not None:
+                        slot.share(shared_key, (video, audio, t_in),
+                                   (vid._replace(x=v, context=None), aud._replace(x=a, context=None)))  # fmt: skip
+                if repeat > 1:
+                    vid, aud = vid._replace(x=v).repeat(repeat), aud._replace(x=a).repeat(repeat)
+                    v, a = vid.x, aud.x
+                    vid_i, aud_i = vid, aud
             if kv_v is not None and kv_a is not None:  # after fetch: the layer's weights are here
                 if kv_v[i] is None:
                     kv_v[i] = video_blocks[i].cross_attn.text_kv(vid.context)
                 if kv_a[i] is None:
                     kv_a[i] = audio_blocks[i].cross_attn.text_kv(aud.context)
                 vid_i, aud_i = vid._replace(text_kv=kv_v[i]), aud._replace(text_kv=kv_a[i])
-            if not _skipped(i, slg_layer):
+            if share and i == 0:
+                v, a = self.layer_halves[1](video_blocks[0], audio_blocks[0], v, a, vid_i, aud_i)
+            elif not _skipped(i, slg_layer):
                 v, a = self.layer_fn(video_blocks[i], audio_blocks[i], v, a, vid_i, aud_i)
             else:  # skip-layer guidance on rows >= slg_rows_from only
                 run = slice(0, slg_rows_from)

@@ -82,6 +82,11 @@ class VideoVAE(nn.Module):
         self.tail_frames: int | None = 1
         # 4. compute precision: None = the weights' dtype (`compute_in_float32`)
         self.compute_dtype: torch.dtype | None = None
+        # 5. decoder speed (exact; the fast path's `vae_channels_last` / `vae_compile`): the
+        # decoder's 3-D convs in channels-last layout, and each norm + activation of the pieces'
+        # decoder as one function that `compile_decoder` compiles (one fused kernel)
+        self.channels_last = False
+        self.norm_act: NormAct = norm_act
 
     def reset_latent_stats(self) -> None:
         """(Re)fill the float32 mean/std buffers from the config on the weights' device.
@@ -118,6 +123,26 @@ class VideoVAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._weight.device
+
+    # --- decoder speed (exact) -------------------------------------------------------------
+
+    def use_channels_last(self, enable: bool = True) -> None:
+        """The decoder's 3-D conv weights (and the activations of the pieces' decode) in
+        `torch.channels_last_3d` layout (cuDNN's fast path for 3-D convs); same values to
+        float rounding. `enable=False` undoes it."""
+        layout = torch.channels_last_3d if enable else torch.contiguous_format
+        for module in (self.vae.post_quant_conv, *self.vae.decoder.modules()):
+            if isinstance(module, nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        self.channels_last = enable
+
+    def compile_decoder(
+        self, enable: bool = True, *, backend: Any = "inductor", mode: str | None = None
+    ) -> None:
+        """Compile the pieces' decoder's norm + activation pairs (`norm_act`: RMS norm then
+        SiLU, memory-bound, one fused kernel) with `torch.compile`; the convs and their causal
+        cache stay eager. `enable=False` undoes it. Pieces' decode only (`tail_frames` set)."""
+        self.norm_act = torch.compile(norm_act, backend=backend, mode=mode) if enable else norm_act
 
     # --- memory knobs (diffusers') ---------------------------------------------------------
 
@@ -294,6 +319,8 @@ class VideoVAE(nn.Module):
             raise ValueError("piecewise decoding needs the Wan2.2 (residual) decoder blocks")
         cache: list[Any] = [None] * sum(isinstance(m, WanCausalConv3d) for m in decoder.modules())
         x = self.vae.post_quant_conv(z)  # [B, z, F, h, w]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         written = [0]  # output frames written so far
         for i in range(z.shape[2]):
             cursor = [0]  # next causal conv's slot in `cache`, advanced by every causal conv
@@ -320,7 +347,7 @@ class VideoVAE(nn.Module):
         decoder = self.vae.decoder
         blocks = decoder.up_blocks
         for k in range(first_block, len(blocks)):
-            y = _lean_up_block(blocks[k], y, cache, cursor, first)
+            y = _lean_up_block(blocks[k], y, cache, cursor, first, self.norm_act)
             if tail_frames is not None and y.shape[2] > tail_frames and k + 1 < len(blocks):
                 start = cursor[0]
                 for piece in y.split(tail_frames, dim=2):
@@ -328,7 +355,7 @@ class VideoVAE(nn.Module):
                     self._up_and_out(k + 1, piece, cache, cursor, first, tail_frames, write,
                                      written)  # fmt: skip
                 return
-        y = decoder.nonlinearity(decoder.norm_out(y))
+        y = self.norm_act(decoder.norm_out, decoder.nonlinearity, y)
         y = _lean_conv(decoder.conv_out, y, cache, cursor)
         y = unpatchify(y, patch_size=self.config.patch_size)  # [B, 3, n, 16h', 16w']
         write(written[0], y)
@@ -401,23 +428,40 @@ def _lean_conv(
     return y
 
 
-def _lean_resnet(block: nn.Module, x: torch.Tensor, cache: list, cursor: list[int]) -> torch.Tensor:
+NormAct = Callable[[nn.Module, nn.Module, torch.Tensor], torch.Tensor]
+
+
+def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """act(norm(x)): the memory-bound pair before each decoder conv (`compile_decoder`)."""
+    return act(norm(x))
+
+
+def _lean_resnet(
+    block: nn.Module, x: torch.Tensor, cache: list, cursor: list[int], na: NormAct = norm_act
+) -> torch.Tensor:
     """diffusers' `WanResidualBlock` with `_lean_conv`: conv2(act(norm2(conv1(act(norm1(x))))))
-    + shortcut(x)."""
-    y = _lean_conv(block.conv1, block.nonlinearity(block.norm1(x)), cache, cursor)
-    y = _lean_conv(block.conv2, block.dropout(block.nonlinearity(block.norm2(y))), cache, cursor)
+    + shortcut(x) (dropout is 0: the identity); `na` computes each act(norm(.))."""
+    y = _lean_conv(block.conv1, na(block.norm1, block.nonlinearity, x), cache, cursor)
+    y = _lean_conv(
+        block.conv2, block.dropout(na(block.norm2, block.nonlinearity, y)), cache, cursor
+    )
     return y.add_(block.conv_shortcut(x))  # the shortcut last: not alive during the convs
 
 
 def _lean_up_block(
-    block: WanResidualUpBlock, x: torch.Tensor, cache: list, cursor: list[int], first: bool
+    block: WanResidualUpBlock,
+    x: torch.Tensor,
+    cache: list,
+    cursor: list[int],
+    first: bool,
+    na: NormAct = norm_act,
 ) -> torch.Tensor:
     """diffusers' `WanResidualUpBlock` with `_lean_resnet`: resnets, the upsampler (its temporal
     conv, if any, keeps diffusers' cache protocol), plus the duplicated-input shortcut added in
     place; no clone of x (nothing writes into it)."""
     y = x
     for resnet in block.resnets:
-        y = _lean_resnet(resnet, y, cache, cursor)
+        y = _lean_resnet(resnet, y, cache, cursor, na)
     if block.upsampler is not None:
         y = block.upsampler(y, feat_cache=cache, feat_idx=cursor)
     if block.avg_shortcut is not None:
