@@ -111,14 +111,11 @@ GAINS = (
 )
 
 
-def _gain_keys(gain: str) -> list[str]:
-    return [
-        f"step_{MAIN}_{gain}_ms",
-        f"step_{MAIN}_no_{gain}_ms",
-        f"{gain}_speedup",
-        f"{gain}_rel_err_video",
-        f"{gain}_rel_err_audio",
-    ]
+def gain_keys(gain: str) -> list[str]:
+    """A gain's figures: its step on and off, the speed-up, and the error with it on."""
+    step = f"step_{MAIN}"
+    figures = ("speedup", "rel_err_video", "rel_err_audio")
+    return [f"{step}_{gain}_ms", f"{step}_no_{gain}_ms", *(f"{gain}_{k}" for k in figures)]
 
 
 VARIANT_KEYS = (  # at the main shape
@@ -138,7 +135,7 @@ VARIANT_KEYS = (  # at the main shape
     "fp8_speedup",
     "fp8_rel_err_video",
     "fp8_rel_err_audio",
-    *(key for gain in GAINS for key in _gain_keys(gain)),
+    *(key for gain in GAINS for key in gain_keys(gain)),
 )
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "matmul": ("matmul_peak_tflops",),
@@ -736,11 +733,11 @@ class Bench:
             try:
                 self._time_gain(gain, switch, batched)
             except _CudaOnly:
-                self.note(_gain_keys(gain), "CUDA only")
+                self.note(gain_keys(gain), "CUDA only")
             except Exception as err:  # noqa: BLE001 - recorded; the next gain runs
                 self.free()
                 text = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-                self.note(_gain_keys(gain), f"{gain} failed: {text}")
+                self.note(gain_keys(gain), f"{gain} failed: {text}")
                 self.say(f"{gain} failed: {text}")
             finally:
                 self.end_clip()
@@ -762,7 +759,7 @@ class Bench:
                 for _ in range(2):
                     self.step(label, batch_cfg=batched)
             ms[on], out[on] = self.clock.median(lambda: self.step(label, batch_cfg=batched))
-        on_ms, off_ms, speedup, err_v, err_a = _gain_keys(gain)
+        on_ms, off_ms, speedup, err_v, err_a = gain_keys(gain)
         f[on_ms], f[off_ms] = ms[True], ms[False]
         f[speedup] = ms[False] / ms[True]
         f[err_v] = rel_err(out[True][0], out[False][0])

@@ -616,7 +616,8 @@ class ConvMLP(nn.Module):
 
 
 class WanTower(nn.Module):
-    """One Wan DiT tower (video `ti2v` or audio `t2a`). `embed` runs sections 1 and 2;
+    """One Wan DiT tower (video `ti2v` or audio `t2a`). `embed_latents` and `embed_context` run
+    sections 1 and 2;
     `FusionModel.forward` runs 3 (interleaved with the other tower's blocks) and 4."""
 
     def __init__(self, config: TowerConfig, target_dim: int) -> None:
@@ -651,31 +652,6 @@ class WanTower(nn.Module):
         # 4. output norm & projection
         self.head = Head(dim, config.out_dim * math.prod(config.patch_size), config.eps)
 
-    def embed(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor,
-        first_frame_is_clean: bool = False,
-        time_per_token: bool = False,
-        *,
-        dtype: torch.dtype,
-        cache: ClipCache | None = None,
-        cache_text: bool = True,
-    ) -> TowerInputs:
-        """Sections 1 and 2. latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B];
-        context: [B, Lt, Dt]; dtype: the compute dtype.
-
-        time_per_token: run the time MLPs on every token's timestep (the official form: same
-        values, L times the work) instead of once per distinct timestep.
-        cache: a clip cache (`ClipCache`, active) keeps the RoPE tables and (`cache_text`) the
-        embedded text.
-        """
-        inputs = self.embed_latents(
-            latents, t, first_frame_is_clean, time_per_token, dtype=dtype, cache=cache
-        )
-        return inputs._replace(context=self.embed_context(context, dtype, cache, cache_text))
-
     def embed_latents(
         self,
         latents: torch.Tensor,
@@ -686,8 +662,14 @@ class WanTower(nn.Module):
         dtype: torch.dtype,
         cache: ClipCache | None = None,
     ) -> TowerInputs:
-        """The text-free part of `embed` (patch embedding, RoPE, time embedding): the same for
-        both guidance passes. Returns `TowerInputs` with `context` None."""
+        """Sections 1 and 2 without the text (patch embedding, RoPE, time embedding): the same
+        for both guidance passes. latents: video [B, C, F, H, W] or audio [B, La, Ca]; t: [B];
+        dtype: the compute dtype. Returns `TowerInputs` with `context` None (`embed_context`).
+
+        time_per_token: run the time MLPs on every token's timestep (the official form: same
+        values, L times the work) instead of once per distinct timestep.
+        cache: a clip cache (`ClipCache`, active) keeps the RoPE tables (and, with
+        `fp32_weights`, the time MLPs' float32 weights)."""
         cfg = self.config
         # 1. patch & position embedding: tokens, then RoPE for their grid
         if cfg.modality == "video":
@@ -770,14 +752,12 @@ def fusion_layer(
 
     v: [B, Lv, Dv], a: [B, La, Da], fp32 residual streams -> the same after the layer. The unit
     of regional compilation (`FusionModel.layer_fn`): every layer has the same code and shapes,
-    so one compiled graph serves all of them.
+    so one compiled graph serves all of them. Its two halves: steps 1-2 (the self-attentions,
+    `fusion_layer_self`), then steps 3-4 (text and fusion cross-attention and FFN,
+    `fusion_layer_cross`).
     """
-    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
-    a = audio_block.self_attention(a, ma, aud)  # step 1
-    v = video_block.self_attention(v, mv, vid)  # step 2
-    a_next = audio_block.cross_attention_ffn(a, ma, aud, v, vid.rope)  # step 3: target = v
-    v = video_block.cross_attention_ffn(v, mv, vid, a, aud.rope)  # step 4: target = a (step 1)
-    return v, a_next
+    v, a = fusion_layer_self(video_block, audio_block, v, a, vid, aud)
+    return fusion_layer_cross(video_block, audio_block, v, a, vid, aud)
 
 
 def fusion_layer_self(
@@ -789,7 +769,7 @@ def fusion_layer_self(
     aud: TowerInputs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1 and 2 of `fusion_layer` (both self-attentions): nothing of the text yet, so the
-    two guidance passes agree on it in the first layer. Same ops as `fusion_layer`."""
+    two guidance passes agree on it in the first layer."""
     mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
     a = audio_block.self_attention(a, ma, aud)  # step 1
     v = video_block.self_attention(v, mv, vid)  # step 2

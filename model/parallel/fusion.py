@@ -65,10 +65,10 @@ def sequence_parallel_forward(
     t = t.reshape(-1).to(video.device).expand(video.shape[0])  # [B]
     dtype, per_token = model.dtype, model.time_per_token
     # 1.-2. embeddings, whole, then this rank's shard of each tower
-    vid = model.video_model.embed(
-        video, t, context[0], first_frame_is_clean, per_token, dtype=dtype
-    )
-    aud = model.audio_model.embed(audio, t, context[1], time_per_token=per_token, dtype=dtype)
+    vid = model.video_model.embed_latents(video, t, first_frame_is_clean, per_token, dtype=dtype)
+    aud = model.audio_model.embed_latents(audio, t, time_per_token=per_token, dtype=dtype)
+    vid = vid._replace(context=model.video_model.embed_context(context[0], dtype))
+    aud = aud._replace(context=model.audio_model.embed_context(context[1], dtype))
     lv, la = vid.x.shape[1], aud.x.shape[1]
     vid, aud = shard_tower(vid, group, per_token), shard_tower(aud, group, per_token)
 

@@ -65,14 +65,18 @@ def _sharing(model: FusionModel) -> FusionModel:
     return model
 
 
+def _plain_and_sharing(plain: FusionModel, clean: bool, slg: int | None) -> tuple:
+    """(inputs, the plain model's two passes on them, a model sharing its first-layer work)."""
+    x = _inputs()
+    return x, _passes(plain, x, clean, slg), _sharing(_model())
+
+
 # --- 1. shared first-layer work ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("clean, slg", CASES)
 def test_shared_first_layer_sequential_passes_are_bit_equal(plain, clean, slg):
-    x = _inputs()
-    ref = _passes(plain, x, clean, slg)
-    model = _sharing(_model())
+    x, ref, model = _plain_and_sharing(plain, clean, slg)
     with model.clip():
         out = _passes(model, x, clean, slg)
         assert model.clip_cache._shared is None  # the negative pass took (and freed) the slot
@@ -126,9 +130,7 @@ def test_shared_first_layer_misses_on_changed_inputs(plain):
 
 @pytest.mark.parametrize("clean, slg", CASES)
 def test_shared_first_layer_batched_cfg_equals_sequential(plain, clean, slg):
-    x = _inputs()
-    ref = _passes(plain, x, clean, slg)
-    model = _sharing(_model())
+    x, ref, model = _plain_and_sharing(plain, clean, slg)
     with torch.no_grad():
         out = model.forward_cfg(x["video"], x["audio"], x["t"], x["pos"], x["neg"], clean, slg)
     errors = [_rel(o, r) for o, r in zip(out, ref, strict=True)]
