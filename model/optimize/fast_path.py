@@ -36,9 +36,9 @@ float32 against the untransformed model, on the tiny preset and on the reference
 | (`fuse_gelu`, `FusedGeluFFN`)    | `torch._addmm_activation` (cuBLASLt GELU epilogue);   | the bench's     |
 |                                  | CUDA only (CPU's kernel is the erf GELU); inductor    | `fused_gelu_    |
 |                                  | keeps it as a fallback kernel (not decomposed)        | speedup`        |
-| `FastPath.attention_by_shape`    | per attention shape the fastest backend the startup   | CUDA on (it     |
-| (`choose_attention_backends`)    | check kept, timed once per shape before a clip's      | picks only kept |
-|                                  | first step (read when the layers are traced)          | backends)       |
+| `FastPath.attention_by_shape`    | per attention shape the fastest backend the startup   | off: bench's    |
+| (`choose_attention_backends`)    | check kept, timed once per shape before a clip's      | `attention_by_  |
+|                                  | first step (read when the layers are traced; CUDA)    | shape_speedup`  |
 | `FastPath.vae_channels_last`     | Wan VAE decoder 3-D convs in channels_last_3d         | off: bench's    |
 |                                  |                                                       | `vae_channels_  |
 |                                  |                                                       | last_speedup`   |
@@ -109,8 +109,9 @@ class FastPath:
     cache_fp32_weights: bool = True
     # FFN up-projection + tanh GELU as one GEMM with a GELU epilogue (CUDA; decided by the bench)
     fused_gelu: bool = False
-    # attention backend per shape from timings before the first step (CUDA only)
-    attention_by_shape: bool = True
+    # attention backend per shape from timings before the first step (CUDA only; it never ran
+    # on a GPU here: off until the bench's attention_by_shape_speedup says it pays)
+    attention_by_shape: bool = False
     # Wan VAE decoder: channels-last 3-D convs / compiled decoder blocks (decided by the bench)
     vae_channels_last: bool = False
     vae_compile: bool = False
@@ -121,7 +122,6 @@ class FastPath:
 PLAIN_PATH = FastPath(
     fuse_projections=False, compile=False, vae_skip_upcasts=False, check_attention=False,
     clip_cache=False, share_first_layer=False, cache_fp32_weights=False,
-    attention_by_shape=False,
 )  # fmt: skip
 
 
