@@ -159,6 +159,28 @@ def test_denoise_with_the_fast_path_equals_plain(plain):
     assert max(_rel(batched[0], ref[0]), _rel(batched[1], ref[1])) <= EXACT
 
 
+def test_shared_first_layer_under_compiled_layers(plain):
+    """The compiled layer and its two compiled halves (fullgraph: no graph break) give the plain
+    model's passes bit for bit; a second step of the same shapes compiles nothing new."""
+    x = _inputs()
+    model = _sharing(_model())
+    counter = CompileCounter()
+    opt.compile_layers(model, backend=counter, fullgraph=True)
+    ref = _passes(plain, x, False, 1)
+    with model.clip():
+        out = _passes(model, x, False, 1)
+    assert all(torch.equal(o, r) for o, r in zip(out, ref, strict=True))
+    graphs = counter.frame_count
+    assert graphs == 3, graphs  # fusion_layer, fusion_layer_self, fusion_layer_cross
+    y = _inputs(seed=1)
+    with model.clip():
+        _passes(model, y, False, 1)
+    assert counter.frame_count == graphs
+    with torch.no_grad():  # batched: the halves on B rows, the rest on 2B (graphs of batch 2)
+        batched = model.forward_cfg(x["video"], x["audio"], x["t"], x["pos"], x["neg"], False, 1)
+    assert max(_rel(o, r) for o, r in zip(batched, ref, strict=True)) <= EXACT
+
+
 def test_memory_modes_do_not_share():
     """cpu/block offload, fast_vae: the denoise phase is their peak, nothing extra held there."""
     on = opt.resolve_fast_path(RuntimeOptions(fast_path=True), "cpu")
