@@ -111,6 +111,16 @@ GAINS = (
 )
 
 
+# The Wan VAE decoder's exact switches timed against the default decode (`Bench._vae_switches`,
+# `FastPath.vae_channels_last` and `vae_compile`).
+VAE_SWITCHES = ("channels_last", "compiled")
+
+
+def vae_switch_keys(switch: str) -> list[str]:
+    """A decoder switch's figures: its decode time, the speed-up, the max 8-bit difference."""
+    return [f"vae_decode_{switch}_ms", f"vae_{switch}_speedup", f"vae_{switch}_pixel_err_max"]
+
+
 def gain_keys(gain: str) -> list[str]:
     """A gain's figures: its step on and off, the speed-up, and the error with it on."""
     step = f"step_{MAIN}"
@@ -158,12 +168,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "vae_decode_tiled_ms",
         "vae_decode_tiled_peak_mem_gib",
         "vae_decode_tiled_pixel_err_max",
-        "vae_decode_channels_last_ms",
-        "vae_channels_last_speedup",
-        "vae_channels_last_pixel_err_max",
-        "vae_decode_compiled_ms",
-        "vae_compiled_speedup",
-        "vae_compiled_pixel_err_max",
+        *(key for switch in VAE_SWITCHES for key in vae_switch_keys(switch)),
     ),
     "audio": ("audio_decode_ms",),
     "totals": ("pipeline_50_steps_composed_s", "pipeline_30_steps_composed_s"),
@@ -695,6 +700,7 @@ class Bench:
         backend = self.compile_backend
         compiled = fusion.layer_fn is not fusion_layer
         table = attn.shape_backends()
+        gelu_fused = any(isinstance(m, opt.FusedGeluFFN) for m in fusion.modules())
 
         def share(on: bool) -> None:
             fusion.share_first_layer = on
@@ -723,8 +729,8 @@ class Bench:
             "share_first_layer": (share, fusion.share_first_layer, False),
             "share_first_layer_batched": (share, fusion.share_first_layer, True),
             "fp32_weight_cache": (fp32_cache, bool(cache and cache.fp32_weights), False),
-            "fused_gelu": (partial(opt.fuse_gelu, fusion), False, False),
-            "fused_gelu_eager": (gelu_eager, False, False),
+            "fused_gelu": (partial(opt.fuse_gelu, fusion), gelu_fused, False),
+            "fused_gelu_eager": (gelu_eager, gelu_fused, False),
             "attention_by_shape": (by_shape, bool(table), False),
             "cuda_graphs": (graphs, False, False),
         }
@@ -842,14 +848,12 @@ class Bench:
             latent = latent[:, :, :2]
             base_ms, default = self.clock.median(lambda: vae.decode(latent.to(self.dtype)))
         switches = {
-            "channels_last": (vae.use_channels_last, "vae_decode_channels_last_ms"),
-            "compiled": (
-                partial(vae.compile_decoder, backend=self.compile_backend),
-                "vae_decode_compiled_ms",
-            ),
+            "channels_last": vae.use_channels_last,
+            "compiled": partial(vae.compile_decoder, backend=self.compile_backend),
         }
-        for name, (switch, ms_key) in switches.items():
-            keys = [ms_key, f"vae_{name}_speedup", f"vae_{name}_pixel_err_max"]
+        for name in VAE_SWITCHES:
+            switch, keys = switches[name], vae_switch_keys(name)
+            ms_key = keys[0]
             try:
                 switch(True)  # (the clock's warm-up call compiles)
                 f[ms_key], out = self.clock.median(lambda: vae.decode(latent.to(self.dtype)))

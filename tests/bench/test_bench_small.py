@@ -13,7 +13,7 @@ import math
 import pytest
 
 from bench.memory import COMPONENTS
-from bench.run import GAINS, gain_keys
+from bench.run import GAINS, VAE_SWITCHES, gain_keys, vae_switch_keys
 
 SHAPES = ("704x704x121", "960x960x121", "960x960x241")
 PER_SHAPE = (
@@ -51,12 +51,7 @@ REQUIRED = (
     "fp8_rel_err_audio",
     # the exact gains of issue 13, on vs off
     *(key for gain in GAINS for key in gain_keys(gain)),
-    "vae_decode_channels_last_ms",
-    "vae_channels_last_speedup",
-    "vae_channels_last_pixel_err_max",
-    "vae_decode_compiled_ms",
-    "vae_compiled_speedup",
-    "vae_compiled_pixel_err_max",
+    *(key for switch in VAE_SWITCHES for key in vae_switch_keys(switch)),
     "t5_3_prompts_ms",
     "vae_encode_image_ms",
     "vae_decode_fp32_ms",
