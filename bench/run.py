@@ -909,6 +909,7 @@ class Bench:
                 self.clock.sync()
                 f[f"pipeline_{steps}_steps_s"] = time.perf_counter() - t0
                 self.extra[f"pipeline_{steps}_steps_timings_s"] = out.timings
+                self.extra[f"pipeline_{steps}_steps_dit_forwards"] = out.metrics["dit_forwards"]
         for steps in PIPELINE_STEPS:
             self.note(f"pipeline_{steps}_steps_s", "measured end to end, one run, wall clock")
         self.say(
