@@ -184,7 +184,7 @@ def test_enqueue_does_not_wait_for_a_slow_receiver(key, outbox):
         t0 = time.monotonic()
         for i in range(3):
             dispatcher.enqueue(receiver.base + "/hook", request_id=f"r{i}", status="OK", payload={})
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 0.9  # one send waited for would alone take 1 s
         _wait_for(lambda: dispatcher.counts() == {})
 
 
