@@ -740,6 +740,16 @@ def _skipped(i: int, slg_layer: int | bool | None) -> bool:
     return slg_layer is not None and int(slg_layer) > 0 and i == int(slg_layer)
 
 
+Modulations = tuple[list[torch.Tensor], list[torch.Tensor]]  # (video m0..m5, audio m0..m5)
+
+
+def layer_modulations(
+    video_block: FusionBlock, audio_block: FusionBlock, vid: TowerInputs, aud: TowerInputs
+) -> Modulations:
+    """Both blocks' adaLN chunks for one layer (per token under `time_per_token`: [B, L, D])."""
+    return video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+
+
 def fusion_layer(
     video_block: FusionBlock,
     audio_block: FusionBlock,
@@ -754,10 +764,11 @@ def fusion_layer(
     of regional compilation (`FusionModel.layer_fn`): every layer has the same code and shapes,
     so one compiled graph serves all of them. Its two halves: steps 1-2 (the self-attentions,
     `fusion_layer_self`), then steps 3-4 (text and fusion cross-attention and FFN,
-    `fusion_layer_cross`).
+    `fusion_layer_cross`), on one set of modulations.
     """
-    v, a = fusion_layer_self(video_block, audio_block, v, a, vid, aud)
-    return fusion_layer_cross(video_block, audio_block, v, a, vid, aud)
+    m = layer_modulations(video_block, audio_block, vid, aud)
+    v, a = fusion_layer_self(video_block, audio_block, v, a, vid, aud, m)
+    return fusion_layer_cross(video_block, audio_block, v, a, vid, aud, m)
 
 
 def fusion_layer_self(
@@ -767,10 +778,12 @@ def fusion_layer_self(
     a: torch.Tensor,
     vid: TowerInputs,
     aud: TowerInputs,
+    m: Modulations | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1 and 2 of `fusion_layer` (both self-attentions): nothing of the text yet, so the
-    two guidance passes agree on it in the first layer."""
-    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+    two guidance passes agree on it in the first layer. m: `layer_modulations` (computed here
+    when None)."""
+    mv, ma = layer_modulations(video_block, audio_block, vid, aud) if m is None else m
     a = audio_block.self_attention(a, ma, aud)  # step 1
     v = video_block.self_attention(v, mv, vid)  # step 2
     return v, a
@@ -783,9 +796,10 @@ def fusion_layer_cross(
     a: torch.Tensor,
     vid: TowerInputs,
     aud: TowerInputs,
+    m: Modulations | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 3 and 4 of `fusion_layer` on the streams after `fusion_layer_self`."""
-    mv, ma = video_block.modulate(vid.e0), audio_block.modulate(aud.e0)
+    """Steps 3 and 4 of `fusion_layer` on the streams after `fusion_layer_self`. m: as there."""
+    mv, ma = layer_modulations(video_block, audio_block, vid, aud) if m is None else m
     a_next = audio_block.cross_attention_ffn(a, ma, aud, v, vid.rope)  # step 3: target = v
     v = video_block.cross_attention_ffn(v, mv, vid, a, aud.rope)  # step 4: target = a (step 1)
     return v, a_next

@@ -100,12 +100,17 @@ def test_shared_first_layer_runs_the_text_free_work_once(plain):
         t.blocks[1].self_attn.register_forward_hook(count(f"{tower}.1.self_attn"))
         t.patch_embedding.register_forward_hook(count(f"{tower}.patch"))
         t.time_projection.register_forward_hook(count(f"{tower}.time"))
+        t.blocks[0].modulation.register_forward_hook(count(f"{tower}.0.modulation"))
+        t.blocks[1].modulation.register_forward_hook(count(f"{tower}.1.modulation"))
     with model.clip():
         _passes(model, x, False, None)
     for tower in ("video_model", "audio_model"):
         assert calls[f"{tower}.0.self_attn"] == 1  # the text-free half of layer 0: once
         assert calls[f"{tower}.patch"] == calls[f"{tower}.time"] == 1  # time MLP once per step
         assert calls[f"{tower}.1.self_attn"] == 2  # later layers see the text: both passes
+        # a whole layer's two halves share one modulation: once per pass; layer 0's shared
+        # self-attention half once, its cross half once per pass
+        assert calls[f"{tower}.1.modulation"] == 2 and calls[f"{tower}.0.modulation"] == 3
 
 
 def test_shared_first_layer_misses_on_changed_inputs(plain):
